@@ -1,0 +1,1 @@
+"""Exporters: models from training frameworks to ONNX (needs the optional ``torch`` extra)."""

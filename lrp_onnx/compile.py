@@ -1,0 +1,218 @@
+"""Compile a model and a composite into ONE explainer ONNX model (DESIGN.md section 2).
+
+The explainer keeps the model's forward graph and appends, in reverse topological order, the
+relevance graph of every node on the relevance path. Its inputs are the model input and
+``lrp_target_mask`` (same shape as the output: the initial relevance is output * mask; NaN
+entries select the predicted class, i.e. the arg-max of each sample's output). Its outputs are
+the model output, ``lrp_relevance`` (shaped like the input) and, on request, the relevance
+of intermediate tensors as ``lrp_relevance:<tensor name>``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import onnx
+from onnx import TensorProto, helper
+
+from . import ops
+from .builder import GraphBuilder
+from .canonicalize import canonicalize
+from .composites import Composite, CompositeLike, Layer, resolve_composite
+from .errors import ModelError, UnsupportedOpError
+from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
+from .load import ModelLike, default_opset, infer_shapes, load_model
+from .rules import Rule
+
+MASK_INPUT = "lrp_target_mask"
+RELEVANCE_OUTPUT = "lrp_relevance"
+LAYER_PREFIX = "lrp_relevance:"
+
+#: Ops through which the sign of their input is kept (used to skip zero branches).
+_SIGN_KEEPING = {"MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+class Context:
+    """What a handler may use: the model graph, the builder, the MaxPool mode, and helpers."""
+
+    def __init__(self, graph: ModelGraph, builder: GraphBuilder, maxpool: str, forward_nodes: Dict[str, onnx.NodeProto]):
+        self.graph, self.builder, self.maxpool = graph, builder, maxpool
+        self._forward_nodes = forward_nodes
+        self._shapes: Dict[str, str] = {}
+        self._nonneg: Dict[str, bool] = {}
+
+    def shape_of(self, tensor: str) -> str:
+        """A Shape node of ``tensor`` (one per tensor)."""
+        if tensor not in self._shapes:
+            self._shapes[tensor] = self.builder.op("Shape", [tensor], "shape")
+        return self._shapes[tensor]
+
+    def nonnegative(self, tensor: str) -> bool:
+        """True when ``tensor`` is >= 0 by construction (a ReLU output, possibly pooled or
+        reshaped); then the a- branches of a rule are exactly zero and are skipped."""
+        if tensor not in self._nonneg:
+            producer = self.graph.nodes.get(self.graph.producer.get(tensor, ""))
+            if producer is None:
+                result = False
+            elif producer.op_type == "Relu":
+                result = True
+            else:
+                result = producer.op_type in _SIGN_KEEPING and self.nonnegative(producer.input[0])
+            self._nonneg[tensor] = result
+        return self._nonneg[tensor]
+
+    def maxpool_indices(self, node: onnx.NodeProto) -> str:
+        """The Indices output of a forward MaxPool node (added to the node if it has none)."""
+        forward = self._forward_nodes[node.name]
+        if len(forward.output) < 2 or not forward.output[1]:
+            name = self.builder.fresh("maxpool_indices")
+            if len(forward.output) < 2:
+                forward.output.append(name)
+            else:
+                forward.output[1] = name
+        return forward.output[1]
+
+
+@dataclass
+class CompiledExplainer:
+    """The explainer model and what it was made of."""
+
+    model: onnx.ModelProto
+    input_name: str
+    output_name: str
+    rules: Dict[str, Rule]
+    layer_tensors: List[str]             # tensors whose relevance can be requested, forward order
+    layer_outputs: Dict[str, str]        # requested tensor -> explainer output name
+    passes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A model after load -> canonicalize -> graph, ready to be compiled with any composite."""
+
+    graph: ModelGraph
+    subgraph: RelevanceSubgraph
+    passes: List[str]
+
+
+def prepare(model: ModelLike) -> Prepared:
+    """load -> canonicalize -> graph; checks that every node on the relevance path has a handler."""
+    proto = load_model(model)
+    changed = canonicalize(proto)
+    infer_shapes(proto)
+    mg = build_graph(proto)
+    for name in (MASK_INPUT, RELEVANCE_OUTPUT):
+        if name in mg.producer or name in mg.constants:
+            raise ModelError(f"the model already has a tensor named {name!r}, which the explainer needs")
+    sub = relevance_subgraph(mg, ops.data_slots)
+    unsupported = [mg.nodes[n] for n in sub.nodes if mg.nodes[n].op_type not in ops.HANDLERS]
+    if unsupported:
+        listed = ", ".join(f"{n.name!r} ({n.op_type})" for n in unsupported)
+        raise UnsupportedOpError(
+            f"no relevance handler for node(s) {listed}; supported ops: {', '.join(ops.supported_ops())}"
+        )
+    for tensor in (mg.data_input, mg.output):
+        if mg.elem_types.get(tensor) != TensorProto.FLOAT:
+            raise ModelError(f"lrp_onnx explains float32 models; {tensor!r} has ONNX element type "
+                             f"{TensorProto.DataType.Name(mg.elem_types.get(tensor, 0))}")
+    return Prepared(mg, sub, changed)
+
+
+def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
+    """The linear-type layers on the relevance path, numbered in model order."""
+    layers = []
+    for name in sub.nodes:
+        family = ops.HANDLERS[mg.nodes[name].op_type].family
+        if family in ops.LAYER_FAMILIES:
+            layers.append(Layer(name, mg.nodes[name].op_type, family, len(layers)))
+    return layers
+
+
+def compile_explainer(
+    model: Union[ModelLike, Prepared], composite: CompositeLike = "epsilon_gamma_box",
+    maxpool: Optional[str] = None, layers: Sequence[str] = (),
+) -> CompiledExplainer:
+    """Build the explainer model. ``model``: a path, a ModelProto, or a ``prepare``d model
+    (reused as it is, so several explainers of one model load it once). ``maxpool`` overrides
+    the composite's MaxPool mode; ``layers`` names tensors whose relevance becomes an output."""
+    composite = resolve_composite(composite)
+    mode = maxpool or composite.maxpool
+    if mode not in ("winner", "avg"):
+        raise ModelError(f"maxpool must be 'winner' or 'avg', got {mode!r}")
+    prepared = model if isinstance(model, Prepared) else prepare(model)
+    mg, sub, passes = prepared.graph, prepared.subgraph, prepared.passes
+    rules = composite.assign(layers_of(mg, sub), mode)
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(mg.model.graph)
+    forward_nodes = {node.name: node for node in graph.node}
+    taken = set(mg.producer) | set(mg.constants) | {n.name for n in graph.node} | {i.name for i in graph.input}
+    builder = GraphBuilder(default_opset(mg.model), taken)
+    ctx = Context(mg, builder, mode, forward_nodes)
+
+    # The initial relevance: output * mask, NaN entries of the mask -> one-hot of the arg-max.
+    out = mg.output
+    flat = builder.op("Flatten", [out], "out_flat", axis=1)
+    classes = builder.op("Shape", [flat], "out_classes", start=1)
+    hot = builder.op("OneHot", [builder.op("ArgMax", [flat], "pred", axis=1, keepdims=0), classes,
+                                builder.const([0.0, 1.0], "onehot_values")], "pred_onehot", axis=-1)
+    predicted = builder.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask")
+    mask = builder.op("Where", [builder.op("IsNaN", [MASK_INPUT], "mask_nan"), predicted, MASK_INPUT], "mask")
+    top = builder.op("Mul", [out, mask], "r_top")
+
+    incoming: Dict[str, List[str]] = defaultdict(list)
+    incoming[out].append(top)
+    summed: Dict[str, str] = {}
+
+    def relevance_of(tensor: str) -> str:
+        if tensor not in summed:
+            summed[tensor] = builder.sum(incoming[tensor], "r_fanin")
+        return summed[tensor]
+
+    for name in reversed(sub.nodes):
+        node = mg.nodes[name]
+        relevance = {t: relevance_of(t) for t in node.output if t in sub.tensors and incoming.get(t)}
+        handler = ops.handler_for(node)
+        for tensor, r in handler.propagate(ctx, node, rules.get(name), relevance):
+            incoming[tensor].append(r)
+    if not incoming.get(mg.data_input):
+        raise ModelError("no relevance reaches the input (the output does not depend on it through data paths)")
+
+    layer_tensors = [mg.data_input] + [t for n in sub.nodes for t in mg.nodes[n].input if t in sub.tensors and t != mg.data_input]
+    layer_tensors = list(dict.fromkeys(layer_tensors))
+    unknown = [t for t in layers if t not in incoming]
+    if unknown:
+        raise ModelError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {layer_tensors[:8]} ...")
+
+    outputs = [RELEVANCE_OUTPUT]
+    builder.nodes.append(helper.make_node("Identity", [relevance_of(mg.data_input)], [RELEVANCE_OUTPUT], name=builder.fresh("node_out")))
+    layer_outputs = {}
+    for tensor in layers:
+        name = LAYER_PREFIX + tensor
+        builder.nodes.append(helper.make_node("Identity", [relevance_of(tensor)], [name], name=builder.fresh("node_out")))
+        layer_outputs[tensor] = name
+        outputs.append(name)
+
+    graph.node.extend(builder.nodes)
+    graph.initializer.extend(builder.initializers)
+    out_info = next(o for o in mg.model.graph.output if o.name == out)
+    in_info = next(i for i in graph.input if i.name == mg.data_input)
+    mask_info = onnx.ValueInfoProto()
+    mask_info.CopyFrom(out_info)
+    mask_info.name = MASK_INPUT
+    graph.input.append(mask_info)
+    del graph.output[:]
+    graph.output.append(out_info)
+    for name in outputs:
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(in_info if name == RELEVANCE_OUTPUT else onnx.ValueInfoProto())
+        info.name = name
+        if name != RELEVANCE_OUTPUT:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+        graph.output.append(info)
+    graph.name = f"lrp_explainer({mg.model.graph.name or 'model'}, {composite.name})"
+
+    explainer = helper.make_model(graph, opset_imports=list(mg.model.opset_import), producer_name="lrp_onnx")
+    explainer.ir_version = mg.model.ir_version
+    return CompiledExplainer(explainer, mg.data_input, out, rules, layer_tensors, layer_outputs, passes)

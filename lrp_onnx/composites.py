@@ -1,0 +1,276 @@
+"""Composites: which rule each layer gets. An ordered list of (predicate, rule); first match wins.
+
+Layers are the linear-type nodes on the relevance path (Conv, Gemm, MatMul, AveragePool,
+GlobalAveragePool, MaxPool) in the model's order; ``Index`` counts them from 0. Activations and
+shape ops take no rule. A composite also says how MaxPool is read: "winner" (relevance to the
+arg-max, as zennit's gradient) or "avg" (as average pooling, as the tutorial).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import CompositeError
+from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus, rule_from_dict
+
+#: ImageNet pixel range [0, 1] after torchvision's normalisation, per channel.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_LOW = tuple(float((0 - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+IMAGENET_HIGH = tuple(float((1 - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+
+FAMILY_GROUPS = {
+    "linear": ("conv", "dense"),
+    "pool": ("avgpool", "maxpool"),
+    "all": ("conv", "dense", "avgpool", "maxpool"),
+}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """What a predicate sees of a node: its name, op type, family and layer index."""
+
+    name: str
+    op_type: str
+    family: str
+    index: int
+
+
+class Predicate:
+    def matches(self, layer: Layer, layers: Sequence[Layer]) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Family(Predicate):
+    """Layers of the given families: conv, dense, avgpool, maxpool, or the groups linear
+    (conv+dense), pool (avgpool+maxpool), all."""
+
+    families: Tuple[str, ...]
+
+    def __init__(self, *families: str):
+        expanded = []
+        for f in families:
+            if f in FAMILY_GROUPS:
+                expanded += FAMILY_GROUPS[f]
+            elif f in FAMILY_GROUPS["all"]:
+                expanded.append(f)
+            else:
+                raise CompositeError(f"unknown family {f!r}; known: {', '.join(FAMILY_GROUPS['all'] + tuple(FAMILY_GROUPS))}")
+        object.__setattr__(self, "families", tuple(expanded))
+
+    def matches(self, layer, layers):
+        return layer.family in self.families
+
+
+@dataclass(frozen=True)
+class Name(Predicate):
+    """Layers whose node name matches a regular expression (re.search)."""
+
+    pattern: str
+
+    def matches(self, layer, layers):
+        return re.search(self.pattern, layer.name) is not None
+
+
+@dataclass(frozen=True)
+class Index(Predicate):
+    """Layers with start <= index < stop (stop None: to the last); negative values count from
+    the end, as Python slices do."""
+
+    start: int = 0
+    stop: Optional[int] = None
+
+    def matches(self, layer, layers):
+        return layer.index in range(len(layers))[self.start:self.stop]
+
+
+@dataclass(frozen=True)
+class First(Predicate):
+    """The first layer (in model order) that matches ``inner``."""
+
+    inner: Predicate
+
+    def matches(self, layer, layers):
+        first = next((l for l in layers if self.inner.matches(l, layers)), None)
+        return first is not None and first.name == layer.name
+
+
+@dataclass(frozen=True)
+class Composite:
+    """An ordered list of (predicate, rule); the first predicate that matches a layer gives
+    its rule. ``maxpool``: "winner" or "avg"."""
+
+    rules: Tuple[Tuple[Predicate, Rule], ...]
+    maxpool: str = "winner"
+    name: str = "custom"
+
+    def __post_init__(self):
+        if self.maxpool not in ("winner", "avg"):
+            raise CompositeError(f"maxpool must be 'winner' or 'avg', got {self.maxpool!r}")
+        object.__setattr__(self, "rules", tuple(tuple(pair) for pair in self.rules))
+
+    def assign(self, layers: Sequence[Layer], maxpool: Optional[str] = None) -> Dict[str, Rule]:
+        """The rule of every layer that takes one (MaxPool only in "avg" mode); a layer that
+        no predicate matches is an error."""
+        mode = maxpool or self.maxpool
+        chosen = {}
+        for layer in layers:
+            if layer.family == "maxpool" and mode == "winner":
+                continue
+            rule = next((r for p, r in self.rules if p.matches(layer, layers)), None)
+            if rule is None:
+                raise CompositeError(
+                    f"composite {self.name!r} has no rule for layer {layer.name!r} ({layer.op_type}, "
+                    f"index {layer.index}); add one, e.g. (Family('all'), Epsilon())"
+                )
+            chosen[layer.name] = rule
+        return chosen
+
+
+def _zennit_base(first: Optional[Tuple[Predicate, Rule]], conv: Rule, epsilon: float, stabilizer: float, name: str):
+    """zennit's layer_map_base plus (conv, dense) rules: avg pooling -> Norm (epsilon with the
+    stabilizer), dense -> Epsilon, MaxPool -> its gradient (winner)."""
+    pairs = ([first] if first else []) + [
+        (Family("conv"), conv),
+        (Family("dense"), Epsilon(epsilon)),
+        (Family("avgpool"), Epsilon(stabilizer)),
+    ]
+    return Composite(tuple(pairs), "winner", name)
+
+
+def epsilon_gamma_box(low=IMAGENET_LOW, high=IMAGENET_HIGH, epsilon=1e-6, gamma=0.25, stabilizer=1e-6) -> Composite:
+    """zennit's EpsilonGammaBox: ZBox on the first conv, Gamma on the other convs, Epsilon on
+    dense layers. Default bounds: ImageNet's [0, 1] pixel range after normalisation."""
+    first = (First(Family("conv")), ZBox(low, high, stabilizer))
+    return _zennit_base(first, Gamma(gamma, stabilizer), epsilon, stabilizer, "epsilon_gamma_box")
+
+
+def epsilon_plus(epsilon=1e-6, stabilizer=1e-6) -> Composite:
+    """zennit's EpsilonPlus: ZPlus on convs, Epsilon on dense layers."""
+    return _zennit_base(None, ZPlus(stabilizer), epsilon, stabilizer, "epsilon_plus")
+
+
+def epsilon_plus_flat(epsilon=1e-6, stabilizer=1e-6) -> Composite:
+    """zennit's EpsilonPlusFlat: Flat on the first linear layer, then as EpsilonPlus."""
+    first = (First(Family("linear")), Flat(stabilizer))
+    return _zennit_base(first, ZPlus(stabilizer), epsilon, stabilizer, "epsilon_plus_flat")
+
+
+def epsilon_alpha2_beta1(epsilon=1e-6, stabilizer=1e-6) -> Composite:
+    """zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on convs, Epsilon on dense layers."""
+    return _zennit_base(None, AlphaBeta(2.0, 1.0, stabilizer), epsilon, stabilizer, "epsilon_alpha2_beta1")
+
+
+def tutorial_mlp(low=-1.0, high=1.0) -> Composite:
+    """The tutorial's MNIST MLP schedule: z^B without bias at the input, gamma=0.1 on layer 1,
+    epsilon = 0.1 * rms(z) on layer 2, LRP-0 above; every denominator + 1e-9 as its code does."""
+    return Composite(
+        (
+            (Index(0, 1), ZBox(low, high, 1e-9, signed=False, zero_bias=True)),
+            (Index(1, 2), Gamma(0.1, 1e-9, signed=False)),
+            (Index(2, 3), Epsilon(1e-9, relative=0.1, signed=False)),
+            (Family("all"), LRP0(1e-9, signed=False)),
+        ),
+        "avg",
+        "tutorial_mlp",
+    )
+
+
+def tutorial_vgg16(low=IMAGENET_LOW, high=IMAGENET_HIGH) -> Composite:
+    """The tutorial's VGG-16 schedule. Its layers 0-16 (blocks 1-3, pools included) are our
+    layer indices 0-9, layers 17-30 (blocks 4-5) indices 10-17, the classifier 18 on (the
+    exported 1x1 adaptive pooling, which the tutorial skips, is index 18 and gets LRP-0):
+    z^B with bias at the input, gamma=0.25, epsilon = 0.25 * rms(z), LRP-0; MaxPool as AvgPool."""
+    return Composite(
+        (
+            (Index(0, 1), ZBox(low, high, 1e-9, signed=False)),
+            (Index(1, 10), Gamma(0.25, 1e-9, signed=False)),
+            (Index(10, 18), Epsilon(1e-9, relative=0.25, signed=False)),
+            (Family("all"), LRP0(1e-9, signed=False)),
+        ),
+        "avg",
+        "tutorial_vgg16",
+    )
+
+
+PRESETS: Dict[str, Callable[..., Composite]] = {
+    f.__name__: f
+    for f in (epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, epsilon_alpha2_beta1, tutorial_mlp, tutorial_vgg16)
+}
+
+
+def predicate_from_json(spec) -> Predicate:
+    """"all" | {"family": str|[str]} | {"name": regex} | {"index": [start, stop]} | {"first": spec}."""
+    if spec == "all":
+        return Family("all")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise CompositeError(f"a 'where' must be \"all\" or an object with one key, got {spec!r}")
+    (key, value), = spec.items()
+    if key == "family":
+        return Family(*([value] if isinstance(value, str) else value))
+    if key == "name":
+        return Name(str(value))
+    if key == "index":
+        bounds = [value] if isinstance(value, int) else list(value)
+        return Index(*bounds) if len(bounds) == 2 else Index(bounds[0], bounds[0] + 1)
+    if key == "first":
+        return First(predicate_from_json(value))
+    raise CompositeError(f"unknown predicate {key!r}; use family, name, index, first or \"all\"")
+
+
+def composite_from_json(spec: dict) -> Composite:
+    """{"preset": name, ...options} or {"maxpool": "avg"|"winner", "rules": [{"where": ..., "rule": {...}}]}."""
+    if not isinstance(spec, dict):
+        raise CompositeError("a composite JSON must be an object")
+    if "preset" in spec:
+        options = {k: v for k, v in spec.items() if k != "preset"}
+        return preset(spec["preset"], **options)
+    if "rules" not in spec:
+        raise CompositeError("a composite JSON needs \"preset\" or \"rules\"")
+    try:
+        pairs = tuple((predicate_from_json(r["where"]), rule_from_dict(r["rule"])) for r in spec["rules"])
+    except (KeyError, TypeError) as exc:
+        raise CompositeError(f"each rule entry needs \"where\" and \"rule\": {exc}") from None
+    except ValueError as exc:
+        raise CompositeError(str(exc)) from None
+    return Composite(pairs, spec.get("maxpool", "winner"), spec.get("name", "custom"))
+
+
+def preset(name: str, **options) -> Composite:
+    if name not in PRESETS:
+        raise CompositeError(f"unknown composite {name!r}; presets: {', '.join(PRESETS)}")
+    try:
+        return PRESETS[name](**options)
+    except TypeError as exc:
+        raise CompositeError(f"bad options for preset {name!r}: {exc}") from None
+
+
+CompositeLike = Union[str, "os.PathLike[str]", dict, Composite]
+
+
+def resolve_composite(spec: CompositeLike) -> Composite:
+    """A composite from a preset name, a JSON file path, a JSON-like dict, or a Composite."""
+    if isinstance(spec, Composite):
+        return spec
+    if isinstance(spec, dict):
+        return composite_from_json(spec)
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        if text in PRESETS:
+            return preset(text)
+        if text.endswith(".json") or os.path.sep in text:
+            if not os.path.isfile(text):
+                raise CompositeError(f"composite file not found: {text}")
+            try:
+                with open(text) as fh:
+                    return composite_from_json(json.load(fh))
+            except json.JSONDecodeError as exc:
+                raise CompositeError(f"{text} is not valid JSON: {exc}") from None
+        raise CompositeError(f"unknown composite {text!r}; presets: {', '.join(PRESETS)}, or a .json file")
+    raise CompositeError(f"a composite is a preset name, a .json path, a dict or a Composite, not {type(spec).__name__}")

@@ -1,0 +1,161 @@
+"""Run the compiled explainer: ``Explainer(model).explain(x)`` is one ``session.run`` per batch."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .compile import MASK_INPUT, RELEVANCE_OUTPUT, CompiledExplainer, compile_explainer, prepare
+from .composites import CompositeLike, resolve_composite
+from .errors import InputError, LRPError
+from .load import ModelLike
+
+
+@dataclass
+class Explanation:
+    """The result of ``Explainer.explain``.
+
+    relevance: shaped like x. output: the model's output (logits). layers: {tensor: relevance}.
+    target: the explained class per sample (None when a mask was given). ``total`` is the
+    relevance put on the output per sample, ``conservation`` sum(relevance) / total per sample
+    (1 for a conservative rule set, Montavon et al. 2019 eq. 2).
+    """
+
+    relevance: np.ndarray
+    output: np.ndarray
+    layers: Dict[str, np.ndarray] = field(default_factory=dict)
+    target: Optional[np.ndarray] = None
+    total: Optional[np.ndarray] = None
+
+    @property
+    def conservation(self) -> np.ndarray:
+        summed = self.relevance.reshape(len(self.relevance), -1).sum(axis=1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return summed / self.total
+
+
+class Explainer:
+    """Compile ``model`` with ``composite`` once; explain batches with one onnxruntime run.
+
+    model: a path or an onnx.ModelProto. composite: a preset name, a JSON file, a dict or a
+    Composite. providers: onnxruntime execution providers (None: onnxruntime's default).
+    maxpool: "winner" or "avg" to override the composite's MaxPool reading.
+    """
+
+    def __init__(self, model: ModelLike, composite: CompositeLike = "epsilon_gamma_box",
+                 providers: Optional[Sequence] = None, maxpool: Optional[str] = None):
+        self.composite = resolve_composite(composite)
+        self.maxpool = maxpool
+        self.providers = providers
+        self._prepared = prepare(model)
+        self.compiled = compile_explainer(self._prepared, self.composite, maxpool)
+        self._sessions: Dict[Tuple[str, ...], Tuple[ort.InferenceSession, CompiledExplainer]] = {}
+        self._lock = threading.Lock()
+        self._session(())   # build the default session now: errors surface at construction
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The standalone explainer model."""
+        return self.compiled.model
+
+    @property
+    def rules(self):
+        """{node name: rule} for every layer that takes a rule."""
+        return dict(self.compiled.rules)
+
+    @property
+    def layer_names(self):
+        """The tensors whose relevance ``explain(..., layers=...)`` can return, in forward order."""
+        return list(self.compiled.layer_tensors)
+
+    def _session(self, layers: Tuple[str, ...]):
+        with self._lock:
+            if layers not in self._sessions:
+                compiled = self.compiled if not layers else compile_explainer(self._prepared, self.composite, self.maxpool, layers)
+                options = ort.SessionOptions()
+                session = ort.InferenceSession(compiled.model.SerializeToString(), options,
+                                               providers=self.providers or ort.get_available_providers())
+                self._sessions[layers] = (session, compiled)
+            return self._sessions[layers]
+
+    def _input_array(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu":
+            raise InputError(f"input must be a numeric array, got dtype {x.dtype}")
+        session, compiled = self._session(())
+        meta = session.get_inputs()[0]
+        expected = meta.shape
+        if x.ndim != len(expected):
+            raise InputError(f"input has shape {x.shape}; the model expects rank {len(expected)}: {tuple(expected)}")
+        for axis, (got, want) in enumerate(zip(x.shape, expected)):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise InputError(f"input has shape {x.shape}; the model expects {tuple(expected)} (axis {axis})")
+        if x.shape[0] == 0:
+            raise InputError("the input batch is empty")
+        x = x.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            raise InputError("the input contains NaN or Inf values")
+        return x
+
+    def _mask(self, target, output_shape) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        n, classes = output_shape[0], int(np.prod(output_shape[1:]))
+        if target is None:
+            return np.full(output_shape, np.nan, np.float32), None
+        target = np.asarray(target)
+        if target.ndim == 0 or target.shape == (n,):
+            if target.dtype.kind not in "iu":
+                raise InputError(f"target must be an int, one int per sample, or a mask; got dtype {target.dtype}")
+            target = np.broadcast_to(target, (n,)).astype(np.int64)
+            if np.any(target < 0) or np.any(target >= classes):
+                raise InputError(f"target {target.tolist()} is out of range: the model has {classes} outputs")
+            mask = np.zeros((n, classes), np.float32)
+            mask[np.arange(n), target] = 1.0
+            return mask.reshape(output_shape), target
+        if target.shape != tuple(output_shape):
+            raise InputError(f"a target mask must have the output's shape {tuple(output_shape)}, got {target.shape}")
+        if not np.all(np.isfinite(target)):
+            raise InputError("the target mask contains NaN or Inf values")
+        return target.astype(np.float32), None
+
+    def _output_shape(self, session, x) -> Tuple[int, ...]:
+        shape = session.get_outputs()[0].shape
+        dims = [x.shape[0]] + [d if isinstance(d, int) else None for d in shape[1:]]
+        if any(d is None for d in dims):
+            raise InputError(f"the model output has dynamic dimensions {shape}; pass target=None or an int")
+        return tuple(dims)
+
+    def explain(self, x, target=None, layers: Sequence[str] = ()) -> Explanation:
+        """Explain a batch ``x``. target: None (predicted class), an int, one int per sample,
+        or a mask shaped like the output (relevance at the output = output * mask).
+        layers: tensor names (see ``layer_names``) whose relevance to return too."""
+        layers = tuple(dict.fromkeys(layers))
+        x = self._input_array(x)
+        session, compiled = self._session(layers)
+        mask, resolved = self._mask(target, self._output_shape(session, x))
+        wanted = [compiled.output_name, RELEVANCE_OUTPUT] + [compiled.layer_outputs[t] for t in layers]
+        results = session.run(wanted, {compiled.input_name: x, MASK_INPUT: mask})
+        output, relevance = results[0], results[1]
+        if target is None:
+            flat = output.reshape(len(output), -1)
+            resolved = flat.argmax(axis=1)
+            mask = np.zeros_like(flat)
+            mask[np.arange(len(flat)), resolved] = 1.0
+        total = (output.reshape(len(output), -1).astype(np.float64) * mask.reshape(len(output), -1)).sum(axis=1)
+        return Explanation(relevance, output, dict(zip(layers, results[2:])), resolved, total)
+
+    def save(self, path, layers: Sequence[str] = ()) -> None:
+        """Write the standalone explainer (inputs: the model input and ``lrp_target_mask``)."""
+        _, compiled = self._session(tuple(dict.fromkeys(layers)))
+        path = os.fspath(path)
+        tmp = path + ".partial"
+        try:
+            onnx.save(compiled.model, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)

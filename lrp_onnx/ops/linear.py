@@ -1,0 +1,112 @@
+"""Gemm, MatMul with a constant weight, and Conv: the linear layers with parameters."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from ..canonicalize.gemm import is_canonical
+from ..errors import ModelError
+from .propagate import LinearLayer, propagate_linear
+from .registry import register
+
+
+def attributes(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _parameters(ctx, node) -> dict:
+    """weight_name/bias_name of a node whose input 1 (and 2, if given) are constants."""
+    names = {"weight_name": node.input[1], "bias_name": node.input[2] if len(node.input) > 2 and node.input[2] else None}
+    for role, name in names.items():
+        if name is not None and name not in ctx.graph.constants:
+            raise ModelError(
+                f"node {node.name!r} ({node.op_type}) multiplies two activations: its {role[:-5]} "
+                f"{name!r} is not a constant, and lrp_onnx needs constant parameters"
+            )
+    return names
+
+
+@register("Gemm", family="dense", data_slots=(0,))
+def gemm(ctx, node, rule, relevance):
+    """Y = A @ W^T + C (canonical after normalize_gemm, W of shape (N, K)); f^T(s) = s @ W."""
+    if not is_canonical(node):
+        raise ModelError(f"Gemm {node.name!r} multiplies two activations (its weight is not a constant)")
+    b = ctx.builder
+    layer = LinearLayer(
+        node.name, node.input[0], node.output[0],
+        forward=lambda x, w, c: b.op("Gemm", [x, w] + ([c] if c else []), "z_gemm", transB=1),
+        transpose=lambda s, w: b.op("Gemm", [s, w], "c_gemm"),
+        **_parameters(ctx, node),
+    )
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+@register("MatMul", family="dense", data_slots=(0,))
+def matmul(ctx, node, rule, relevance):
+    """Y = X @ W with a constant 2-D W (X of any rank >= 2); f^T(s) = s @ W^T."""
+    b = ctx.builder
+    parameters = _parameters(ctx, node)
+    if len(ctx.graph.shape(node.input[1])) != 2:
+        raise ModelError(f"MatMul {node.name!r} has a {len(ctx.graph.shape(node.input[1]))}-D weight; only 2-D weights are supported")
+    transposed = {}
+
+    def transpose(s, w):
+        if w not in transposed:
+            transposed[w] = b.op("Transpose", [w], "w_T")   # folded by onnxruntime at load
+        return b.op("MatMul", [s, transposed[w]], "c_matmul")
+
+    layer = LinearLayer(
+        node.name, node.input[0], node.output[0],
+        forward=lambda x, w, c: b.op("MatMul", [x, w], "z_matmul"),
+        transpose=transpose, **parameters,
+    )
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+def conv_geometry(ctx, node, kernel):
+    """Explicit (pads, strides, dilations, output_padding) of a Conv/pool node from its
+    attributes and static shapes; auto_pad is resolved here, as ONNX defines it."""
+    attrs = attributes(node)
+    spatial_in = ctx.graph.static_shape(node.input[0])[1:]
+    spatial_out = ctx.graph.static_shape(node.output[0])[1:]
+    n = len(spatial_in)
+    strides = list(attrs.get("strides", [1] * n))
+    dilations = list(attrs.get("dilations", [1] * n))
+    pads = list(attrs.get("pads", [0] * (2 * n)))
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for i in range(n):
+            total = max(0, (spatial_out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial_in[i])
+            small, large = total // 2, total - total // 2
+            pads[i], pads[i + n] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * n)
+    output_padding = []
+    for i in range(n):
+        # windows that ceil_mode adds past the end are covered by extra end padding
+        reach = (spatial_out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        pads[i + n] = max(pads[i + n], reach - spatial_in[i] - pads[i])
+        covered = reach - pads[i] - pads[i + n]
+        output_padding.append(spatial_in[i] - covered)
+        if not 0 <= output_padding[-1] < max(strides[i], dilations[i]):
+            raise ModelError(f"cannot invert the geometry of {node.name!r} ({node.op_type}) on axis {i + 2}")
+    return pads, strides, dilations, output_padding
+
+
+@register("Conv", family="conv", data_slots=(0,))
+def conv(ctx, node, rule, relevance):
+    """Convolution with groups, strides, pads (asymmetric), dilations, auto_pad; f^T is a
+    ConvTranspose with the same weight and geometry, shaped back to the input."""
+    b = ctx.builder
+    parameters = _parameters(ctx, node)
+    group = attributes(node).get("group", 1)
+    pads, strides, dilations, output_padding = conv_geometry(ctx, node, ctx.graph.shape(node.input[1])[2:])
+    geometry = dict(pads=pads, strides=strides, dilations=dilations, group=group)
+    layer = LinearLayer(
+        node.name, node.input[0], node.output[0],
+        forward=lambda x, w, c: b.op("Conv", [x, w] + ([c] if c else []), "z_conv", **geometry),
+        transpose=lambda s, w: b.op("ConvTranspose", [s, w], "c_conv", output_padding=output_padding, **geometry),
+        **parameters,
+    )
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]

@@ -1,0 +1,93 @@
+"""AveragePool, GlobalAveragePool and MaxPool.
+
+Average pooling is linear with fixed weights 1/d over each window, so it takes a rule like any
+linear layer (rules' parameter modifiers do not apply: there are no parameters). Its transpose
+spreads s/d back over each window with a depthwise ConvTranspose of ones. MaxPool is either
+treated as average pooling (mode "avg", the tutorial) or gives each output's relevance to the
+input that won the max (mode "winner", what zennit's gradient does).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from ..errors import ModelError
+from .linear import attributes, conv_geometry
+from .propagate import LinearLayer, propagate_linear
+from .registry import register
+
+
+def _window_layer(ctx, node, count_include_pad: bool, reuse_output: bool) -> LinearLayer:
+    """The linear map z_o = sum_{i in window(o)} a_i / d_o of an AveragePool (or of a MaxPool
+    read as one), with d_o taken from ONNX's own AveragePool on a tensor of ones."""
+    b = ctx.builder
+    attrs = attributes(node)
+    kernel = list(attrs["kernel_shape"])
+    channels, *spatial = ctx.graph.static_shape(node.input[0])
+    pads, strides, dilations, output_padding = conv_geometry(ctx, node, kernel)
+    geometry = dict(pads=pads, strides=strides, dilations=dilations)
+    ones_in = b.const(np.ones([1, 1] + spatial, np.float32), "pool_ones")
+    window = b.const(np.ones([1, 1] + kernel, np.float32), "pool_window")
+    count = b.op("Conv", [ones_in, window], "pool_count", **geometry)
+    if count_include_pad:   # ONNX's divisor, read off AveragePool itself (folded at load)
+        pooled = b.op("AveragePool", [ones_in], "pool_of_ones", **attrs)
+        inv_d = b.op("Div", [pooled, b.op("Max", [count, b.const(1.0)], "pool_count1")], "pool_inv_d")
+    else:
+        inv_d = b.op("Reciprocal", [b.op("Max", [count, b.const(1.0)], "pool_count1")], "pool_inv_d")
+    depthwise = b.const(np.ones([channels, 1] + kernel, np.float32), "pool_kernel")
+
+    def forward(x, w, c):
+        return b.op("Mul", [b.op("Conv", [x, depthwise], "pool_sum", group=channels, **geometry), inv_d], "z_pool")
+
+    def transpose(s, w):
+        return b.op("ConvTranspose", [b.op("Mul", [s, inv_d], "s_pool"), depthwise], "c_pool",
+                    group=channels, output_padding=output_padding, **geometry)
+
+    return LinearLayer(node.name, node.input[0], node.output[0], forward, transpose, reuse_output=reuse_output)
+
+
+@register("AveragePool", family="avgpool", data_slots=(0,))
+def average_pool(ctx, node, rule, relevance):
+    include = bool(attributes(node).get("count_include_pad", 0))
+    layer = _window_layer(ctx, node, include, reuse_output=True)
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+@register("GlobalAveragePool", family="avgpool", data_slots=(0,))
+def global_average_pool(ctx, node, rule, relevance):
+    """z = mean over the spatial axes; f^T(s) = s / (H*W...) broadcast over them."""
+    b = ctx.builder
+    spatial = ctx.graph.static_shape(node.input[0])[1:]
+    inv_size = b.const(1.0 / float(np.prod(spatial)))
+    shape = ctx.shape_of(node.input[0])
+    layer = LinearLayer(
+        node.name, node.input[0], node.output[0],
+        forward=lambda x, w, c: b.op("GlobalAveragePool", [x], "z_gap"),
+        transpose=lambda s, w: b.op("Expand", [b.op("Mul", [s, inv_size], "s_gap"), shape], "c_gap"),
+    )
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+@register("MaxPool", family="maxpool", data_slots=(0,))
+def max_pool(ctx, node, rule, relevance):
+    if ctx.maxpool == "avg":
+        layer = _window_layer(ctx, node, count_include_pad=False, reuse_output=False)
+        return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+    return [(node.input[0], _winner_take_all(ctx, node, relevance[node.output[0]]))]
+
+
+def _winner_take_all(ctx, node, r_out):
+    """R_in = scatter-add of R_out onto the arg-max of each window (MaxPool's Indices output,
+    flat indices over the whole N*C*H*W input, ONNX row-major storage order)."""
+    b = ctx.builder
+    if attributes(node).get("storage_order", 0):
+        raise ModelError(f"MaxPool {node.name!r} uses column-major storage_order; not supported")
+    indices = ctx.maxpool_indices(node)
+    flat_shape = b.const([-1], "flat", np.int64)
+    shape = ctx.shape_of(node.input[0])
+    zeros = b.op("Reshape", [b.op("ConstantOfShape", [shape], "zeros", value=helper.make_tensor("v", 1, [1], [0.0])),
+                             flat_shape], "zeros_flat")
+    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
+                                         b.op("Reshape", [r_out, flat_shape], "r_flat")],
+                     "r_scatter", axis=0, reduction="add")
+    return b.op("Reshape", [scattered, shape], "r_maxpool")

@@ -1,0 +1,197 @@
+"""The four LRP steps for any linear-type layer (Montavon et al. 2019, section 10.2.2):
+
+    1. z = incr(f(a; rho(W), rho(b)))      forward through rho-modified copies (the branches)
+    2. s = R / z
+    3. c = f^T(s; rho(W))                   the transposed op
+    4. R_in = a * c
+
+One function, ``propagate_linear``, serves Gemm, MatMul, Conv and the pooling layers: each
+handler describes its layer as a ``LinearLayer`` (how to run f on a modified input with
+modified parameters, and how to run f^T) and the rule's terms do the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import rules as R
+from ..errors import CompositeError
+
+
+@dataclass
+class LinearLayer:
+    """A layer f(a; W, b) = z as seen by a rule.
+
+    forward(x, weight, bias) -> name of f(x; weight, bias) (weight/bias: initializer names or None)
+    transpose(s, weight) -> name of f^T(s; weight), shaped like the layer input
+    weight_name, bias_name: the parameters' initializers (None for pooling); their values are
+    read only when a rule modifies them
+    reuse_output: the node's output equals forward(a; W, b), so step 1 of LRP-0/epsilon
+    reuses it instead of running the layer again
+    """
+
+    node_name: str
+    input: str
+    output: str
+    forward: Callable[[str, Optional[str], Optional[str]], str]
+    transpose: Callable[[str, Optional[str]], str]
+    weight_name: Optional[str] = None
+    bias_name: Optional[str] = None
+    reuse_output: bool = True
+
+
+def _bound_constant(ctx, layer: LinearLayer, value, which: str) -> np.ndarray:
+    """A ZBox bound shaped to broadcast against the layer input (scalar, per channel, or a
+    whole sample)."""
+    array = np.asarray(value, dtype=np.float32)
+    sample = ctx.graph.static_shape(layer.input)
+    rank = len(sample) + 1
+    if array.size == 1:
+        return array.reshape(())
+    if sample and array.size == sample[0]:
+        return array.reshape((1, -1) + (1,) * (rank - 2))
+    if array.size == int(np.prod(sample)):
+        return array.reshape((1,) + sample)
+    raise CompositeError(
+        f"ZBox {which} bound of layer {layer.node_name!r} has {array.size} values; the layer input "
+        f"{layer.input!r} has shape {('N',) + sample}: give a scalar, one value per channel "
+        f"({sample[0] if sample else 1}) or a whole sample ({int(np.prod(sample))})"
+    )
+
+
+class _Branches:
+    """Caches the modified inputs, parameters and forward outputs of one layer."""
+
+    def __init__(self, ctx, layer: LinearLayer, rule):
+        self.ctx, self.layer, self.rule = ctx, layer, rule
+        self.nonnegative = ctx.nonnegative(layer.input)
+        self._inputs: Dict[str, Tuple[str, Optional[str]]] = {}
+        self._params: Dict[R.ParamMod, Tuple[Optional[str], Optional[str]]] = {}
+        self._outputs: Dict[Tuple[str, R.ParamMod], str] = {}
+
+    def drops(self, branch: R.Branch) -> bool:
+        """A branch on min(0, a) of a non-negative a is exactly zero."""
+        return self.nonnegative and branch.input == R.NEGATIVE
+
+    def input(self, kind: str) -> Tuple[str, Optional[str]]:
+        """(tensor fed to f, factor multiplying f^T in step 4; None for ones)."""
+        if kind not in self._inputs:
+            self._inputs[kind] = self._make_input(kind)
+        return self._inputs[kind]
+
+    def _make_input(self, kind):
+        b, a = self.ctx.builder, self.layer.input
+        if kind == R.IDENTITY or (kind == R.POSITIVE and self.nonnegative):
+            return a, a
+        if kind == R.POSITIVE:
+            x = b.op("Relu", [a], "a_pos")
+            return x, x
+        if kind == R.NEGATIVE:
+            x = b.op("Min", [a, b.const(0.0)], "a_neg")
+            return x, x
+        if kind in (R.LOW, R.HIGH):
+            bound = _bound_constant(self.ctx, self.layer, getattr(self.rule, kind), kind)
+            const = b.const(bound, kind)
+            return b.op("Expand", [const, self.ctx.shape_of(a)], kind), const
+        if kind == R.ONES:
+            return b.op("Expand", [b.const(1.0), self.ctx.shape_of(a)], "ones"), None
+        raise ValueError(f"unknown input modifier {kind!r}")
+
+    def params(self, mod: R.ParamMod) -> Tuple[Optional[str], Optional[str]]:
+        """Initializer names of rho(W), rho(b), computed once per modifier (zero bias -> None)."""
+        if mod not in self._params:
+            layer, b = self.layer, self.ctx.builder
+            if layer.weight_name is None:   # pooling: no parameters to modify
+                self._params[mod] = (None, None)
+            elif mod == R.ParamMod():
+                self._params[mod] = (layer.weight_name, layer.bias_name)
+            else:
+                constant = self.ctx.graph.constant
+                bias = mod.apply_bias(None if layer.bias_name is None else constant(layer.bias_name))
+                self._params[mod] = (
+                    b.const(mod.apply(constant(layer.weight_name)), "rho_w"),
+                    None if bias is None else b.const(bias, "rho_b"),
+                )
+        return self._params[mod]
+
+    def output(self, branch: R.Branch) -> str:
+        """f(in(a); rho(W), rho(b)); the node's own output when nothing is modified."""
+        mod = branch.params if self.layer.weight_name is not None else R.ParamMod()
+        in_kind = R.IDENTITY if branch.input == R.POSITIVE and self.nonnegative else branch.input
+        key = (in_kind, mod)
+        if key not in self._outputs:
+            if key == (R.IDENTITY, R.ParamMod()) and self.layer.reuse_output:
+                self._outputs[key] = self.layer.output
+            else:
+                weight, bias = self.params(mod)
+                self._outputs[key] = self.layer.forward(self.input(in_kind)[0], weight, bias)
+        return self._outputs[key]
+
+
+def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
+    """incr(z) = z + (epsilon + relative * rms(z)) * sgn(z)  (see rules.Stabilizer); the rms
+    is taken over each sample (all axes but the batch axis 0)."""
+    eps = builder.const(stab.epsilon) if stab.epsilon else None
+    if stab.relative:
+        square = builder.op("Mul", [z, z], "z_sq")
+        rms = builder.op("Sqrt", [builder.reduce("ReduceMean", square, range(1, rank))], "z_rms")
+        scaled = builder.op("Mul", [rms, builder.const(stab.relative)], "eps_rel")
+        eps = builder.op("Add", [scaled, eps], "eps") if eps else scaled
+    if eps is None:
+        return z
+    if stab.signed:
+        sign = builder.op("Where", [builder.op("GreaterOrEqual", [z, builder.const(0.0)], "z_ge0"),
+                                    builder.const(1.0), builder.const(-1.0)], "sgn_z")
+        eps = builder.op("Mul", [eps, sign], "eps_sgn")
+    return builder.op("Add", [z, eps], "z_stab")
+
+
+def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
+    """R_in of ``layer`` under ``rule`` given the relevance of its output (steps 1-4)."""
+    b = ctx.builder
+    terms = rule.terms()
+    if not terms:   # Pass
+        if ctx.graph.static_shape(layer.input) != ctx.graph.static_shape(layer.output):
+            raise CompositeError(f"rule Pass on {layer.node_name!r} needs equal input and output shapes")
+        return relevance
+    branches = _Branches(ctx, layer, rule)
+    positive: List[str] = []
+    negative: List[str] = []
+    for term in terms:
+        kept = [br for br in term.branches if not branches.drops(br)]
+        if not kept:
+            continue
+        if kept[0].sign < 0:
+            raise ValueError("the first branch of a term must enter z with sign +1")
+        # step 1: z of this term
+        z = None
+        for br in kept:
+            out = branches.output(br)
+            z = out if z is None else b.op("Add" if br.sign > 0 else "Sub", [z, out], "z")
+        denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.input)))
+        # step 2: s = mask * R / z
+        upper = relevance
+        if term.output_mask:
+            original = branches.output(R.Branch())
+            test = "Greater" if term.output_mask == "positive" else "Less"
+            mask = b.op("Cast", [b.op(test, [original, b.const(0.0)], "out_sign")], "out_mask", to=1)
+            upper = b.op("Mul", [relevance, mask], "r_masked")
+        s = b.op("Div", [upper, denominator], "s")
+        # steps 3 and 4, per branch
+        for br in kept:
+            weight, _ = branches.params(br.params if layer.weight_name is not None else R.ParamMod())
+            c = layer.transpose(s, weight)
+            _, factor = branches.input(R.IDENTITY if br.input == R.POSITIVE and branches.nonnegative else br.input)
+            contribution = c if factor is None else b.op("Mul", [factor, c], "r_in")
+            if term.coefficient not in (1.0, -1.0):
+                contribution = b.op("Mul", [contribution, b.const(abs(term.coefficient))], "r_coef")
+            (positive if br.sign * term.coefficient > 0 else negative).append(contribution)
+    result = b.sum(positive, "r_in") if positive else None
+    if negative:
+        neg = b.sum(negative, "r_neg")
+        result = b.op("Sub", [result, neg], "r_in") if result else b.op("Neg", [neg], "r_in")
+    if result is None:   # every branch vanished (cannot happen for the built-in rules)
+        raise CompositeError(f"rule {rule} leaves no branch on {layer.node_name!r}")
+    return result

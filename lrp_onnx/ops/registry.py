@@ -1,0 +1,68 @@
+"""One registry from ONNX op type to its relevance handler.
+
+A handler is called as ``handler(ctx, node, rule, relevance_out)`` where ``relevance_out``
+maps the node's relevance-carrying outputs to the names of their relevance tensors; it
+appends ONNX nodes through ``ctx.builder`` and returns ``[(input tensor, relevance tensor)]``
+for its data inputs. ``family`` groups op types for composites ("conv", "dense", "avgpool",
+"maxpool" take a rule; "activation" and "shape" do not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import onnx
+
+from ..errors import UnsupportedOpError
+
+#: Families whose nodes are linear-type layers: they take a rule from the composite and are
+#: counted by the composite's layer index (MaxPool only takes one in "avg" mode).
+LAYER_FAMILIES = ("conv", "dense", "avgpool", "maxpool")
+
+
+@dataclass(frozen=True)
+class OpHandler:
+    op_type: str
+    family: str
+    propagate: Callable
+    data_slots: Optional[Tuple[int, ...]] = None   # None: every input may carry relevance
+
+    def carries(self, slot: int) -> bool:
+        return self.data_slots is None or slot in self.data_slots
+
+
+HANDLERS: Dict[str, OpHandler] = {}
+
+
+def register(*op_types: str, family: str, data_slots: Optional[Tuple[int, ...]] = None):
+    """Decorator: register ``fn`` as the handler of ``op_types``."""
+
+    def wrap(fn):
+        for op_type in op_types:
+            if op_type in HANDLERS:
+                raise RuntimeError(f"two handlers registered for {op_type}")
+            HANDLERS[op_type] = OpHandler(op_type, family, fn, data_slots)
+        return fn
+
+    return wrap
+
+
+def supported_ops() -> Tuple[str, ...]:
+    return tuple(sorted(HANDLERS))
+
+
+def handler_for(node: onnx.NodeProto) -> OpHandler:
+    try:
+        return HANDLERS[node.op_type]
+    except KeyError:
+        raise UnsupportedOpError(
+            f"node {node.name!r} has op type {node.op_type}, which has no relevance handler; "
+            f"supported ops: {', '.join(supported_ops())}"
+        ) from None
+
+
+def data_slots(node: onnx.NodeProto):
+    """The input slots of ``node`` that relevance flows through (all for unknown ops, so that
+    an unsupported op on the relevance path is found and reported)."""
+    handler = HANDLERS.get(node.op_type)
+    return range(len(node.input)) if handler is None else [i for i in range(len(node.input)) if handler.carries(i)]

@@ -1,0 +1,23 @@
+"""Shape operations: relevance takes the inverse shape operation."""
+from __future__ import annotations
+
+import numpy as np
+
+from .linear import attributes
+from .registry import register
+
+
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze", family="shape", data_slots=(0,))
+def reshape_back(ctx, node, rule, relevance):
+    """R_in = Reshape(R, Shape(input)): these ops only re-index the elements."""
+    r = ctx.builder.op("Reshape", [relevance[node.output[0]], ctx.shape_of(node.input[0])], "r_reshape")
+    return [(node.input[0], r)]
+
+
+@register("Transpose", family="shape", data_slots=(0,))
+def transpose_back(ctx, node, rule, relevance):
+    """R_in = Transpose(R, perm^-1)."""
+    rank = len(ctx.graph.shape(node.input[0]))
+    perm = attributes(node).get("perm", list(range(rank))[::-1])
+    inverse = [int(i) for i in np.argsort(perm)]
+    return [(node.input[0], ctx.builder.op("Transpose", [relevance[node.output[0]]], "r_transpose", perm=inverse))]
