@@ -1,5 +1,5 @@
 # Two commands: `make demo` (explain a model, write a heatmap) and `make test` (the whole suite).
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 

@@ -135,11 +135,12 @@ class Composite:
 
 def _zennit_base(first: Optional[Tuple[Predicate, Rule]], conv: Rule, epsilon: float, stabilizer: float, name: str):
     """zennit's layer_map_base plus (conv, dense) rules: avg pooling -> Norm (epsilon with the
-    stabilizer), dense -> Epsilon, MaxPool -> its gradient (winner)."""
+    stabilizer), dense -> Epsilon, MaxPool -> its gradient (winner); a MaxPool read as average
+    pooling (maxpool="avg") is treated like average pooling."""
     pairs = ([first] if first else []) + [
         (Family("conv"), conv),
         (Family("dense"), Epsilon(epsilon)),
-        (Family("avgpool"), Epsilon(stabilizer)),
+        (Family("pool"), Epsilon(stabilizer)),
     ]
     return Composite(tuple(pairs), "winner", name)
 

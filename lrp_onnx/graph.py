@@ -90,6 +90,8 @@ def build_graph(model: onnx.ModelProto, output: Optional[str] = None) -> ModelGr
     dag.add_node(input_key(data_inputs[0]), kind="input")
     producer[data_inputs[0]] = input_key(data_inputs[0])
     for node in graph.node:
+        if not node.name or node.name in nodes:
+            raise ModelError(f"node names must be unique and non-empty (run canonicalize first): {node.name!r}")
         nodes[node.name] = node
         order.append(node.name)
         dag.add_node(node.name, kind="op", op_type=node.op_type)

@@ -1,0 +1,209 @@
+"""The ``tutorial_vgg16`` composite against an independent re-implementation of the LRP
+tutorial's VGG-16 loop (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview",
+and its tutorial code), run in PyTorch on the same torchvision VGG-16.
+
+The oracle below follows the tutorial's code line by line:
+
+* ``layers = features + toconv(classifier)``: the first Linear becomes a 7x7 convolution on the
+  512x7x7 map, the others 1x1 convolutions (exactly equal to flattening then Linear);
+  torchvision's ``avgpool`` (AdaptiveAvgPool2d(7), the identity on 7x7 maps) is skipped as in
+  the tutorial (the engine gives it LRP-0 with +1e-9, which is the identity as well);
+* MaxPool is replaced by AvgPool2d(2) on the way back;
+* layers 1-16: gamma rule (rho = p + 0.25 p+ on weight and bias, z + 1e-9);
+  layers 17-30: epsilon = 1e-9 + 0.25 * rms(z) (rms over the whole tensor, hence one image
+  per oracle run so that it equals the engine's per-sample rms); layers >= 31: LRP-0 (z + 1e-9);
+* layer 0: z^B with the bias kept and per-channel ImageNet bounds.
+
+The oracle runs in float64 (a double copy of the layers), the engine in float32; the engine
+explains both images in ONE batch, so this also checks that the per-sample rms keeps samples
+independent. Relevance is compared at the input and at the inputs of the tutorial's layers
+31, 21, 11 and 1, each to ``RTOL * max|reference|`` per image.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import lrp_onnx
+from lrp_onnx.composites import IMAGENET_HIGH, IMAGENET_LOW
+
+#: Tolerance on max|engine - oracle| relative to max|oracle|, per image and compared layer.
+#: float32 through 16 layers of propagation gives ~1e-6 here (see the report); 1e-4 leaves room
+#: for other onnxruntime kernels / summation orders.
+RTOL = 1e-4
+
+#: tutorial layer index -> ONNX node whose INPUT tensor carries R[index]
+#: (R[l] is the relevance at the input of the tutorial's layer l).
+COMPARED = {
+    31: "/avgpool/AveragePool",          # = output of features.30 (MaxPool), shape (N, 512, 7, 7)
+    21: "/features/features.21/Conv",    # = output of features.20 (ReLU)
+    11: "/features/features.11/Relu",    # = output of features.10 (Conv)
+    1: "/features/features.1/Relu",      # = output of features.0 (Conv)
+}
+
+
+def _toconv(torch, classifier):
+    """The tutorial's utils.toconv: Linear -> Conv2d (7x7 for the first, 1x1 for the rest), in
+    float64; other modules (ReLU, Dropout) are kept."""
+    nn = torch.nn
+    out = []
+    first = True
+    for layer in classifier:
+        if isinstance(layer, nn.Linear):
+            k = 7 if first else 1
+            first = False
+            conv = nn.Conv2d(layer.in_features // (k * k), layer.out_features, k).double()
+            with torch.no_grad():
+                conv.weight.copy_(layer.weight.detach().double().reshape(conv.weight.shape))
+                conv.bias.copy_(layer.bias.detach().double())
+            out.append(conv)
+        else:
+            out.append(layer)
+    return out
+
+
+def _newlayer(torch, layer, g):
+    """The tutorial's newlayer: the layer with rho applied to its weight AND bias (pooling
+    layers have no parameters and are returned unchanged). Written functionally instead of
+    deep-copying the layer, which is the same computation."""
+    if isinstance(layer, torch.nn.Conv2d):
+        return _ModifiedConv(torch, layer, g(layer.weight), g(layer.bias))
+    return layer
+
+
+class _ModifiedConv:
+    def __init__(self, torch, layer, weight, bias):
+        self.F, self.layer, self.weight, self.bias = torch.nn.functional, layer, weight, bias
+
+    def forward(self, a):
+        l = self.layer
+        return self.F.conv2d(a, self.weight, self.bias, l.stride, l.padding, l.dilation, l.groups)
+
+
+def tutorial_lrp(torch, features, classifier, x, target, low, high):
+    """The tutorial's VGG-16 LRP loop on ONE image x (1, 3, 224, 224), float64.
+    Returns (logits, R) with R[l] the relevance at the input of layer l (R[0]: pixels)."""
+    nn = torch.nn
+    layers = list(features) + classifier
+    L = len(layers)
+    X = torch.as_tensor(x, dtype=torch.float64)
+    A = [X] + [None] * L
+    with torch.no_grad():
+        for l in range(L):
+            A[l + 1] = layers[l].forward(A[l])
+    logits = A[-1].reshape(-1)
+
+    T = torch.zeros_like(A[-1])
+    T[0, target, 0, 0] = 1.0
+    R = [None] * L + [(A[-1] * T).data]
+    for l in range(1, L)[::-1]:
+        A[l] = A[l].data.requires_grad_(True)
+        if isinstance(layers[l], nn.MaxPool2d):
+            layers[l] = nn.AvgPool2d(2)
+        if isinstance(layers[l], (nn.Conv2d, nn.AvgPool2d)):
+            if l <= 16:
+                rho = lambda p: p + 0.25 * p.clamp(min=0)
+                incr = lambda z: z + 1e-9
+            if 17 <= l <= 30:
+                rho = lambda p: p
+                incr = lambda z: z + 1e-9 + 0.25 * ((z ** 2).mean() ** .5).data
+            if l >= 31:
+                rho = lambda p: p
+                incr = lambda z: z + 1e-9
+            z = incr(_newlayer(torch, layers[l], rho).forward(A[l]))
+            s = (R[l + 1] / z).data
+            (z * s).sum().backward()
+            c = A[l].grad
+            R[l] = (A[l] * c).data
+        else:
+            R[l] = R[l + 1]
+
+    # the input layer: z^B with the bias (it cancels: b - b+ - b- = 0, as in the tutorial's code)
+    A[0] = A[0].data.requires_grad_(True)
+    lb = (torch.tensor(low, dtype=torch.float64).view(1, 3, 1, 1).expand_as(A[0])).clone().requires_grad_(True)
+    hb = (torch.tensor(high, dtype=torch.float64).view(1, 3, 1, 1).expand_as(A[0])).clone().requires_grad_(True)
+    z = layers[0].forward(A[0]) + 1e-9
+    z = z - _newlayer(torch, layers[0], lambda p: p.clamp(min=0)).forward(lb)
+    z = z - _newlayer(torch, layers[0], lambda p: p.clamp(max=0)).forward(hb)
+    s = (R[1] / z).data
+    (z * s).sum().backward()
+    R[0] = (A[0] * A[0].grad + lb * lb.grad + hb * hb.grad).data
+    return logits.numpy(), [None if r is None else r.numpy() for r in R]
+
+
+def _relative_error(got, ref):
+    scale = float(np.abs(ref).max())
+    assert scale > 0, "the reference relevance is all zero"
+    return float(np.abs(got.astype(np.float64) - ref).max()) / scale
+
+
+@pytest.fixture(scope="module")
+def tutorial_case(vgg16, vgg16_input):
+    """(engine Explanation with the compared layers, oracle R per image, targets, tensor names)."""
+    torch = pytest.importorskip("torch", reason="the tutorial oracle needs the torch extra")
+    onnx = pytest.importorskip("onnx")
+    model, path = vgg16
+    x = vgg16_input
+
+    graph = onnx.load(path).graph
+    inputs_of = {node.name: node.input[0] for node in graph.node}
+    tensors = {l: inputs_of[name] for l, name in COMPARED.items()}
+
+    with torch.no_grad():
+        target = model(torch.from_numpy(x)).argmax(dim=1).numpy()   # the predicted classes
+
+    explainer = lrp_onnx.Explainer(path, composite="tutorial_vgg16")
+    assert set(tensors.values()) <= set(explainer.layer_names)
+    result = explainer.explain(x, target=target, layers=tuple(tensors.values()))
+
+    # float64 copies: the features (15M parameters) and the classifier as convolutions
+    features = copy.deepcopy(model.features).double().eval()
+    classifier = _toconv(torch, model.classifier.eval())
+    references = []
+    for i in range(len(x)):
+        # the oracle replaces MaxPool layers in its list: give it a fresh list each time
+        logits, R = tutorial_lrp(torch, list(features), list(classifier), x[i:i + 1], int(target[i]),
+                                 IMAGENET_LOW, IMAGENET_HIGH)
+        references.append((logits, R))
+    return result, references, target, tensors
+
+
+def test_targets_and_logits(tutorial_case):
+    result, references, target, _ = tutorial_case
+    np.testing.assert_array_equal(result.target, target)
+    for i, (logits, _) in enumerate(references):
+        scale = np.abs(logits).max()
+        assert np.abs(result.output[i] - logits).max() <= 1e-4 * scale
+
+
+def test_input_relevance_matches_tutorial(tutorial_case):
+    result, references, _, _ = tutorial_case
+    assert result.relevance.shape == (len(references), 3, 224, 224)
+    for i, (_, R) in enumerate(references):
+        got = result.relevance[i:i + 1]
+        assert np.any(got != 0), "the engine's input relevance is all zero"
+        error = _relative_error(got, R[0])
+        print(f"\n  image {i}: input relevance, max|diff| / max|ref| = {error:.3g}")
+        assert error <= RTOL
+
+
+@pytest.mark.parametrize("layer", sorted(COMPARED, reverse=True))
+def test_layer_relevance_matches_tutorial(tutorial_case, layer):
+    result, references, _, tensors = tutorial_case
+    got_all = result.layers[tensors[layer]]
+    for i, (_, R) in enumerate(references):
+        got = got_all[i:i + 1]
+        assert got.shape == R[layer].shape
+        assert np.any(got != 0), f"the engine's relevance at {tensors[layer]} is all zero"
+        error = _relative_error(got, R[layer])
+        print(f"\n  image {i}: R[{layer}] at {tensors[layer]}, max|diff| / max|ref| = {error:.3g}")
+        assert error <= RTOL
+
+
+def test_conservation_through_lrp0_top(tutorial_case):
+    """Sanity check of the oracle itself: the classifier uses LRP-0 with zero biases
+    (torchvision's init), so sum R[31] equals the explained logit up to the 1e-9 terms."""
+    result, references, target, _ = tutorial_case
+    for i, (logits, R) in enumerate(references):
+        total = logits[target[i]]
+        assert abs(R[31].sum() - total) <= 1e-6 * max(abs(total), 1e-12)
