@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -10,15 +11,17 @@ OPSET = 17
 
 def export_module(module, example, path, opset: int = OPSET, input_name: str = "input",
                   output_name: str = "logits", rtol: float = 1e-4) -> str:
-    """Export ``module`` (put in eval mode) at ``path`` with the TorchScript exporter, batch
-    axis dynamic; then run the file in onnxruntime on ``example`` and require
-    |ort - torch| <= rtol * max|torch| (float32 kernels differ in summation order)."""
+    """Export ``module`` (put in eval mode) at ``path`` with the TorchScript exporter (it needs
+    no extra package and names nodes after the torch modules), batch axis dynamic; then run the
+    file in onnxruntime on ``example`` and require |ort - torch| <= rtol * max|torch| (float32
+    kernels differ in summation order)."""
     import onnxruntime as ort
     import torch
 
     module = module.eval()
     path = os.fspath(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module, (example,), path, dynamo=False, opset_version=opset,
             input_names=[input_name], output_names=[output_name],

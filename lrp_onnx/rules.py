@@ -232,7 +232,8 @@ class ZBox(Rule):
         z = f(a; W) - f(l; W+) - f(h; W-),   R_in = a*f^T(s;W) - l*f^T(s;W+) - h*f^T(s;W-)
 
     ``low``/``high``: a scalar, one value per channel (axis 1), or a whole sample's shape.
-    ``zero_bias=True`` leaves the bias out (the tutorial's MLP); its VGG-16 keeps it.
+    The tutorial's MLP leaves the bias out, its VGG-16 keeps it in every branch (b, b+, b-);
+    both give the same z, since b - b+ - b- = 0, so ``zero_bias`` changes nothing here.
     """
 
     low: Bound = -1.0

@@ -75,6 +75,12 @@ class _Branches:
         """A branch on min(0, a) of a non-negative a is exactly zero."""
         return self.nonnegative and branch.input == R.NEGATIVE
 
+    def normalized(self, branch: R.Branch) -> Tuple[str, R.ParamMod]:
+        """(input modifier, parameter modifier) as they act on this layer: max(0, a) is a itself
+        for a non-negative a, and a layer without parameters ignores parameter modifiers."""
+        kind = R.IDENTITY if branch.input == R.POSITIVE and self.nonnegative else branch.input
+        return kind, (branch.params if self.layer.weight_name is not None else R.ParamMod())
+
     def input(self, kind: str) -> Tuple[str, Optional[str]]:
         """(tensor fed to f, factor multiplying f^T in step 4; None for ones)."""
         if kind not in self._inputs:
@@ -83,7 +89,7 @@ class _Branches:
 
     def _make_input(self, kind):
         b, a = self.ctx.builder, self.layer.input
-        if kind == R.IDENTITY or (kind == R.POSITIVE and self.nonnegative):
+        if kind == R.IDENTITY:
             return a, a
         if kind == R.POSITIVE:
             x = b.op("Relu", [a], "a_pos")
@@ -118,15 +124,13 @@ class _Branches:
 
     def output(self, branch: R.Branch) -> str:
         """f(in(a); rho(W), rho(b)); the node's own output when nothing is modified."""
-        mod = branch.params if self.layer.weight_name is not None else R.ParamMod()
-        in_kind = R.IDENTITY if branch.input == R.POSITIVE and self.nonnegative else branch.input
-        key = (in_kind, mod)
+        key = self.normalized(branch)
         if key not in self._outputs:
             if key == (R.IDENTITY, R.ParamMod()) and self.layer.reuse_output:
                 self._outputs[key] = self.layer.output
             else:
-                weight, bias = self.params(mod)
-                self._outputs[key] = self.layer.forward(self.input(in_kind)[0], weight, bias)
+                weight, bias = self.params(key[1])
+                self._outputs[key] = self.layer.forward(self.input(key[0])[0], weight, bias)
         return self._outputs[key]
 
 
@@ -163,13 +167,14 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
         kept = [br for br in term.branches if not branches.drops(br)]
         if not kept:
             continue
-        if kept[0].sign < 0:
-            raise ValueError("the first branch of a term must enter z with sign +1")
         # step 1: z of this term
         z = None
         for br in kept:
             out = branches.output(br)
-            z = out if z is None else b.op("Add" if br.sign > 0 else "Sub", [z, out], "z")
+            if z is None:
+                z = out if br.sign > 0 else b.op("Neg", [out], "z")
+            else:
+                z = b.op("Add" if br.sign > 0 else "Sub", [z, out], "z")
         denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.input)))
         # step 2: s = mask * R / z
         upper = relevance
@@ -181,9 +186,9 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
         s = b.op("Div", [upper, denominator], "s")
         # steps 3 and 4, per branch
         for br in kept:
-            weight, _ = branches.params(br.params if layer.weight_name is not None else R.ParamMod())
-            c = layer.transpose(s, weight)
-            _, factor = branches.input(R.IDENTITY if br.input == R.POSITIVE and branches.nonnegative else br.input)
+            kind, mod = branches.normalized(br)
+            c = layer.transpose(s, branches.params(mod)[0])
+            _, factor = branches.input(kind)
             contribution = c if factor is None else b.op("Mul", [factor, c], "r_in")
             if term.coefficient not in (1.0, -1.0):
                 contribution = b.op("Mul", [contribution, b.const(abs(term.coefficient))], "r_coef")
