@@ -19,8 +19,8 @@ from onnx import TensorProto, helper
 from . import ops
 from .builder import GraphBuilder
 from .canonicalize import canonicalize
-from .composites import Composite, CompositeLike, Layer, resolve_composite
-from .errors import ModelError, UnsupportedOpError
+from .composites import CompositeLike, Layer, resolve_composite
+from .errors import InputError, ModelError, UnsupportedOpError
 from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
 from .load import ModelLike, default_opset, infer_shapes, load_model
 from .rules import Rule
@@ -129,6 +129,26 @@ def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
     return layers
 
 
+def relevance_tensors(mg: ModelGraph, sub: RelevanceSubgraph) -> List[str]:
+    """The tensors whose relevance can be requested: the input and every tensor that a
+    relevance-carrying node reads, in forward order."""
+    found = [mg.data_input] + [t for n in sub.nodes for t in mg.nodes[n].input if t in sub.tensors]
+    return list(dict.fromkeys(found))
+
+
+def _initial_relevance(ctx: Context) -> str:
+    """output * mask, where NaN entries of the mask take the one-hot of each sample's arg-max
+    (the predicted class): R at the top of the network (tutorial: R[L] = A[L] * T)."""
+    b, out = ctx.builder, ctx.graph.output
+    flat = b.op("Flatten", [out], "out_flat", axis=1)
+    classes = b.op("Shape", [flat], "out_classes", start=1)
+    predicted = b.op("ArgMax", [flat], "pred", axis=1, keepdims=0)
+    hot = b.op("OneHot", [predicted, classes, b.const([0.0, 1.0], "onehot_values")], "pred_onehot", axis=-1)
+    mask = b.op("Where", [b.op("IsNaN", [MASK_INPUT], "mask_nan"), b.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask"),
+                          MASK_INPUT], "mask")
+    return b.op("Mul", [out, mask], "r_top")
+
+
 def compile_explainer(
     model: Union[ModelLike, Prepared], composite: CompositeLike = "epsilon_gamma_box",
     maxpool: Optional[str] = None, layers: Sequence[str] = (),
@@ -144,75 +164,48 @@ def compile_explainer(
     mg, sub, passes = prepared.graph, prepared.subgraph, prepared.passes
     rules = composite.assign(layers_of(mg, sub), mode)
 
+    layer_tensors = relevance_tensors(mg, sub)
+    unknown = [t for t in layers if t not in layer_tensors]
+    if unknown:
+        raise InputError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {', '.join(layer_tensors)}")
+
     graph = onnx.GraphProto()
     graph.CopyFrom(mg.model.graph)
-    forward_nodes = {node.name: node for node in graph.node}
     taken = set(mg.producer) | set(mg.constants) | {n.name for n in graph.node} | {i.name for i in graph.input}
     builder = GraphBuilder(default_opset(mg.model), taken)
-    ctx = Context(mg, builder, mode, forward_nodes)
-
-    # The initial relevance: output * mask, NaN entries of the mask -> one-hot of the arg-max.
-    out = mg.output
-    flat = builder.op("Flatten", [out], "out_flat", axis=1)
-    classes = builder.op("Shape", [flat], "out_classes", start=1)
-    hot = builder.op("OneHot", [builder.op("ArgMax", [flat], "pred", axis=1, keepdims=0), classes,
-                                builder.const([0.0, 1.0], "onehot_values")], "pred_onehot", axis=-1)
-    predicted = builder.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask")
-    mask = builder.op("Where", [builder.op("IsNaN", [MASK_INPUT], "mask_nan"), predicted, MASK_INPUT], "mask")
-    top = builder.op("Mul", [out, mask], "r_top")
+    ctx = Context(mg, builder, mode, {node.name: node for node in graph.node})
 
     incoming: Dict[str, List[str]] = defaultdict(list)
-    incoming[out].append(top)
+    incoming[mg.output].append(_initial_relevance(ctx))
     summed: Dict[str, str] = {}
 
     def relevance_of(tensor: str) -> str:
+        """The relevance of a tensor: the sum over its uses (fan-out)."""
         if tensor not in summed:
             summed[tensor] = builder.sum(incoming[tensor], "r_fanin")
         return summed[tensor]
 
-    for name in reversed(sub.nodes):
+    for name in reversed(sub.nodes):   # reverse topological order
         node = mg.nodes[name]
         relevance = {t: relevance_of(t) for t in node.output if t in sub.tensors and incoming.get(t)}
-        handler = ops.handler_for(node)
-        for tensor, r in handler.propagate(ctx, node, rules.get(name), relevance):
+        for tensor, r in ops.handler_for(node).propagate(ctx, node, rules.get(name), relevance):
             incoming[tensor].append(r)
-    if not incoming.get(mg.data_input):
-        raise ModelError("no relevance reaches the input (the output does not depend on it through data paths)")
 
-    layer_tensors = [mg.data_input] + [t for n in sub.nodes for t in mg.nodes[n].input if t in sub.tensors and t != mg.data_input]
-    layer_tensors = list(dict.fromkeys(layer_tensors))
-    unknown = [t for t in layers if t not in incoming]
-    if unknown:
-        raise ModelError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {layer_tensors[:8]} ...")
-
-    outputs = [RELEVANCE_OUTPUT]
-    builder.nodes.append(helper.make_node("Identity", [relevance_of(mg.data_input)], [RELEVANCE_OUTPUT], name=builder.fresh("node_out")))
-    layer_outputs = {}
-    for tensor in layers:
-        name = LAYER_PREFIX + tensor
+    outputs = {RELEVANCE_OUTPUT: mg.data_input, **{LAYER_PREFIX + t: t for t in layers}}
+    for name, tensor in outputs.items():
         builder.nodes.append(helper.make_node("Identity", [relevance_of(tensor)], [name], name=builder.fresh("node_out")))
-        layer_outputs[tensor] = name
-        outputs.append(name)
-
     graph.node.extend(builder.nodes)
     graph.initializer.extend(builder.initializers)
-    out_info = next(o for o in mg.model.graph.output if o.name == out)
-    in_info = next(i for i in graph.input if i.name == mg.data_input)
-    mask_info = onnx.ValueInfoProto()
-    mask_info.CopyFrom(out_info)
-    mask_info.name = MASK_INPUT
-    graph.input.append(mask_info)
+
+    out_info = next(o for o in mg.model.graph.output if o.name == mg.output)
+    graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, mg.shape(mg.output)))
     del graph.output[:]
     graph.output.append(out_info)
-    for name in outputs:
-        info = onnx.ValueInfoProto()
-        info.CopyFrom(in_info if name == RELEVANCE_OUTPUT else onnx.ValueInfoProto())
-        info.name = name
-        if name != RELEVANCE_OUTPUT:
-            info.type.tensor_type.elem_type = TensorProto.FLOAT
-        graph.output.append(info)
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, mg.shape(tensor))
+                        for name, tensor in outputs.items())
     graph.name = f"lrp_explainer({mg.model.graph.name or 'model'}, {composite.name})"
 
     explainer = helper.make_model(graph, opset_imports=list(mg.model.opset_import), producer_name="lrp_onnx")
     explainer.ir_version = mg.model.ir_version
-    return CompiledExplainer(explainer, mg.data_input, out, rules, layer_tensors, layer_outputs, passes)
+    layer_outputs = {t: LAYER_PREFIX + t for t in layers}
+    return CompiledExplainer(explainer, mg.data_input, mg.output, rules, layer_tensors, layer_outputs, passes)

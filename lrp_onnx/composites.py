@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
-import numpy as np
 
 from .errors import CompositeError
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus, rule_from_dict

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from .compile import MASK_INPUT, RELEVANCE_OUTPUT, CompiledExplainer, compile_explainer, prepare
 from .composites import CompositeLike, resolve_composite
-from .errors import InputError, LRPError
+from .errors import InputError
 from .load import ModelLike
 
 

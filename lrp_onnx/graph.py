@@ -10,8 +10,8 @@ from the explained input to the explained output; constant and shape subgraphs f
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set, Tuple
 
 import networkx as nx
 import numpy as np

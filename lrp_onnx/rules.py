@@ -14,7 +14,7 @@ Rules with two outputs-sign-dependent parts (generalised Gamma) or two contribut
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple, Union
 
 import numpy as np

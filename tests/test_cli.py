@@ -1,5 +1,4 @@
 """The lrp-onnx command line, run as a subprocess."""
-import os
 import subprocess
 import sys
 

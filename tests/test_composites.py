@@ -5,7 +5,7 @@ import pytest
 
 from lrp_onnx import rules
 from lrp_onnx.composites import (
-    IMAGENET_HIGH, IMAGENET_LOW, PRESETS, Composite, Family, First, Index, Layer, Name, composite_from_json, preset,
+    IMAGENET_LOW, PRESETS, Composite, Family, First, Index, Layer, Name, composite_from_json, preset,
     resolve_composite,
 )
 from lrp_onnx.errors import CompositeError

@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -119,7 +118,7 @@ def test_layers_returns_intermediate_relevance(model, x):
     r_top[np.arange(len(x)), z.argmax(1)] = z.max(1)
     expected = a * ((r_top / (z + 1e-9 * np.where(z >= 0, 1, -1))) @ w2)
     np.testing.assert_allclose(res.layers["a"], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
-    with pytest.raises(ModelError, match="no relevance for tensor"):
+    with pytest.raises(InputError, match="no relevance for tensor"):
         ex.explain(x, layers=("no_such_tensor",))
 
 

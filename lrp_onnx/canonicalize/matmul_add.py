@@ -1,5 +1,4 @@
 """Pass: fuse MatMul(x, W) + Add(b) with constant W, b and a 2-D x into one Gemm."""
-import numpy as np
 import onnx
 from onnx import helper
 

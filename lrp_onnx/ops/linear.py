@@ -1,7 +1,6 @@
 """Gemm, MatMul with a constant weight, and Conv: the linear layers with parameters."""
 from __future__ import annotations
 
-import numpy as np
 from onnx import helper
 
 from ..canonicalize.gemm import is_canonical
