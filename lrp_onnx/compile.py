@@ -136,6 +136,12 @@ def relevance_tensors(mg: ModelGraph, sub: RelevanceSubgraph) -> List[str]:
     return list(dict.fromkeys(found))
 
 
+def check_layer_names(requested: Sequence[str], available: Sequence[str]) -> None:
+    unknown = [t for t in requested if t not in available]
+    if unknown:
+        raise InputError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {', '.join(available)}")
+
+
 def _initial_relevance(ctx: Context) -> str:
     """output * mask, where NaN entries of the mask take the one-hot of each sample's arg-max
     (the predicted class): R at the top of the network (tutorial: R[L] = A[L] * T)."""
@@ -165,9 +171,7 @@ def compile_explainer(
     rules = composite.assign(layers_of(mg, sub), mode)
 
     layer_tensors = relevance_tensors(mg, sub)
-    unknown = [t for t in layers if t not in layer_tensors]
-    if unknown:
-        raise InputError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {', '.join(layer_tensors)}")
+    check_layer_names(layers, layer_tensors)
 
     graph = onnx.GraphProto()
     graph.CopyFrom(mg.model.graph)

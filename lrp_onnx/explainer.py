@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .compile import MASK_INPUT, RELEVANCE_OUTPUT, CompiledExplainer, compile_explainer, prepare
+from .compile import MASK_INPUT, RELEVANCE_OUTPUT, CompiledExplainer, check_layer_names, compile_explainer, prepare
 from .composites import CompositeLike, resolve_composite
 from .errors import InputError
 from .load import ModelLike
@@ -54,9 +54,9 @@ class Explainer:
         self.providers = providers
         self._prepared = prepare(model)
         self.compiled = compile_explainer(self._prepared, self.composite, maxpool)
-        self._sessions: Dict[Tuple[str, ...], Tuple[ort.InferenceSession, CompiledExplainer]] = {}
+        self._sessions: Dict[bool, Tuple[ort.InferenceSession, CompiledExplainer]] = {}
         self._lock = threading.Lock()
-        self._session(())   # build the default session now: errors surface at construction
+        self._session(False)   # build the default session now: errors surface at construction
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -73,21 +73,23 @@ class Explainer:
         """The tensors whose relevance ``explain(..., layers=...)`` can return, in forward order."""
         return list(self.compiled.layer_tensors)
 
-    def _session(self, layers: Tuple[str, ...]):
+    def _session(self, with_layers: bool):
+        """The default session, or (built on first use) one whose explainer also outputs the
+        relevance of every tensor in ``layer_names``; a run fetches only what was asked for."""
         with self._lock:
-            if layers not in self._sessions:
-                compiled = self.compiled if not layers else compile_explainer(self._prepared, self.composite, self.maxpool, layers)
-                options = ort.SessionOptions()
-                session = ort.InferenceSession(compiled.model.SerializeToString(), options,
+            if with_layers not in self._sessions:
+                compiled = (compile_explainer(self._prepared, self.composite, self.maxpool, self.layer_names)
+                            if with_layers else self.compiled)
+                session = ort.InferenceSession(compiled.model.SerializeToString(), ort.SessionOptions(),
                                                providers=self.providers or ort.get_available_providers())
-                self._sessions[layers] = (session, compiled)
-            return self._sessions[layers]
+                self._sessions[with_layers] = (session, compiled)
+            return self._sessions[with_layers]
 
     def _input_array(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind not in "fiu":
             raise InputError(f"input must be a numeric array, got dtype {x.dtype}")
-        session, compiled = self._session(())
+        session, compiled = self._session(False)
         meta = session.get_inputs()[0]
         expected = meta.shape
         if x.ndim != len(expected):
@@ -134,8 +136,9 @@ class Explainer:
         or a mask shaped like the output (relevance at the output = output * mask).
         layers: tensor names (see ``layer_names``) whose relevance to return too."""
         layers = tuple(dict.fromkeys(layers))
+        check_layer_names(layers, self.compiled.layer_tensors)
         x = self._input_array(x)
-        session, compiled = self._session(layers)
+        session, compiled = self._session(bool(layers))
         mask, resolved = self._mask(target, self._output_shape(session, x))
         wanted = [compiled.output_name, RELEVANCE_OUTPUT] + [compiled.layer_outputs[t] for t in layers]
         results = session.run(wanted, {compiled.input_name: x, MASK_INPUT: mask})
@@ -149,8 +152,10 @@ class Explainer:
         return Explanation(relevance, output, dict(zip(layers, results[2:])), resolved, total)
 
     def save(self, path, layers: Sequence[str] = ()) -> None:
-        """Write the standalone explainer (inputs: the model input and ``lrp_target_mask``)."""
-        _, compiled = self._session(tuple(dict.fromkeys(layers)))
+        """Write the standalone explainer (inputs: the model input and ``lrp_target_mask``;
+        outputs: the model output, ``lrp_relevance`` and ``lrp_relevance:<tensor>`` per layer)."""
+        layers = tuple(dict.fromkeys(layers))
+        compiled = compile_explainer(self._prepared, self.composite, self.maxpool, layers) if layers else self.compiled
         path = os.fspath(path)
         tmp = path + ".partial"
         try:
