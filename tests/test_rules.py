@@ -496,22 +496,17 @@ POOL_RULES = ["LRP0", "Epsilon", "Epsilon_unsigned", "Epsilon_relative", "Epsilo
 # --------------------------------------------------------------------------- tests: one layer
 
 
+ONE_LAYER_CASES = ([(case, rule) for case in LINEAR_CASES for rule in PARAM_RULES]
+                   + [(case, rule) for case in AVGPOOL_CASES for rule in POOL_RULES])
+
+
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("rule_id", PARAM_RULES)
-@pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_layer_matches_dense_oracle(case, rule_id, batch):
+@pytest.mark.parametrize("case, rule_id", ONE_LAYER_CASES)
+def test_one_layer_matches_dense_oracle(case, rule_id, batch):
+    """Gemm, MatMul, Conv and AveragePool layers under each rule against the dense formula."""
     relevance, expected, output, o = run_case(case, rule_id, batch)
     assert_close(output, o, "forward", f"{case}: the test's dense matrix disagrees with onnxruntime")
     assert_close(relevance, expected, f"{rule_id}", f"{case} / {rule_id}")
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("rule_id", POOL_RULES)
-@pytest.mark.parametrize("case", AVGPOOL_CASES)
-def test_average_pool_matches_dense_oracle(case, rule_id, batch):
-    relevance, expected, output, o = run_case(case, rule_id, batch)
-    assert_close(output, o, "forward", f"{case}: the test's pool matrix disagrees with onnxruntime")
-    assert_close(relevance, expected, f"avgpool {rule_id}", f"{case} / {rule_id}")
 
 
 @pytest.mark.parametrize("batch", [1, 3])
