@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -205,3 +206,17 @@ def test_lrp0_conserves_without_biases():
     x = np.abs(RNG.normal(size=(4, 6))).astype(np.float32)
     res = lrp_onnx.Explainer(proto, composite=LRP0_ALL).explain(x)
     np.testing.assert_allclose(res.conservation, 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("opset", [13, 18, 20])
+def test_models_of_other_opsets(opset, x):
+    """Opset < 17 is lifted to 17; opset >= 18 gets the input-form ReduceMean of the relative
+    epsilon. The result is the same as at opset 17 (same float32 ops)."""
+    reference = mlp()
+    other = onnx.ModelProto()
+    other.CopyFrom(reference)
+    other.opset_import[0].version = opset
+    comp = Composite(((Family("all"), rules.Epsilon(0.01, relative=0.25)),))
+    expected = lrp_onnx.Explainer(reference, composite=comp).explain(x).relevance
+    got = lrp_onnx.Explainer(other, composite=comp, providers=["CPUExecutionProvider"]).explain(x).relevance
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
