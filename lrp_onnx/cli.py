@@ -10,12 +10,12 @@ EXIT_USAGE = 2
 
 
 def _compile(args):
-    from .explainer import Explainer
+    from .compile import compile_explainer
 
-    explainer = Explainer(args.model, composite=args.composite, maxpool=args.maxpool)
-    explainer.save(args.output)
-    print(f"wrote {args.output}: inputs {explainer.compiled.input_name!r} and 'lrp_target_mask', "
-          f"{len(explainer.rules)} layers with rules")
+    compiled = compile_explainer(args.model, args.composite, args.maxpool)
+    compiled.save(args.output)
+    print(f"wrote {args.output}: inputs {compiled.input_name!r} and 'lrp_target_mask', "
+          f"{len(compiled.rules)} layers with rules")
 
 
 def _inspect(args):

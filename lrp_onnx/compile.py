@@ -21,6 +21,7 @@ from .builder import GraphBuilder
 from .canonicalize import canonicalize
 from .composites import CompositeLike, Layer, resolve_composite
 from .errors import InputError, ModelError, UnsupportedOpError
+from .files import write_atomically
 from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
 from .load import ModelLike, default_opset, infer_shapes, load_model
 from .rules import Rule
@@ -85,6 +86,10 @@ class CompiledExplainer:
     layer_tensors: List[str]             # tensors whose relevance can be requested, forward order
     layer_outputs: Dict[str, str]        # requested tensor -> explainer output name
     passes: List[str] = field(default_factory=list)
+
+    def save(self, path) -> None:
+        """Write the standalone explainer model (nothing is left behind if writing fails)."""
+        write_atomically(path, lambda tmp: onnx.save(self.model, tmp))
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Run the compiled explainer: ``Explainer(model).explain(x)`` is one ``session.run`` per batch."""
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -156,11 +155,4 @@ class Explainer:
         outputs: the model output, ``lrp_relevance`` and ``lrp_relevance:<tensor>`` per layer)."""
         layers = tuple(dict.fromkeys(layers))
         compiled = compile_explainer(self._prepared, self.composite, self.maxpool, layers) if layers else self.compiled
-        path = os.fspath(path)
-        tmp = path + ".partial"
-        try:
-            onnx.save(compiled.model, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        compiled.save(path)

@@ -1,12 +1,13 @@
 """Heatmaps as the tutorial draws them, written as PNG with numpy and zlib only."""
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from typing import Sequence
 
 import numpy as np
+
+from .files import write_atomically
 
 # matplotlib's "seismic": dark blue, blue, white, red, dark red at 0, .25, .5, .75, 1.
 _SEISMIC = np.array([[0.0, 0.0, 0.3], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0]])
@@ -57,8 +58,9 @@ def write_png(path, rgb: np.ndarray) -> None:
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    path = os.fspath(path)
-    tmp = path + ".partial"
-    with open(tmp, "wb") as fh:
-        fh.write(png)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(png)
+
+    write_atomically(path, write)
