@@ -1,0 +1,1 @@
+"""The shipped models and their training script (``python -m models.train``); see README.md."""
