@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Set, Union
 
 import onnx
 from onnx import TensorProto, helper
@@ -37,8 +37,10 @@ _SIGN_KEEPING = {"MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Resh
 class Context:
     """What a handler may use: the model graph, the builder, the MaxPool mode, and helpers."""
 
-    def __init__(self, graph: ModelGraph, builder: GraphBuilder, maxpool: str, forward_nodes: Dict[str, onnx.NodeProto]):
+    def __init__(self, graph: ModelGraph, builder: GraphBuilder, maxpool: str,
+                 forward_nodes: Dict[str, onnx.NodeProto], carrying: Set[str]):
         self.graph, self.builder, self.maxpool = graph, builder, maxpool
+        self.carrying = carrying   # the tensors on the relevance path
         self._forward_nodes = forward_nodes
         self._shapes: Dict[str, str] = {}
         self._nonneg: Dict[str, bool] = {}
@@ -48,6 +50,26 @@ class Context:
         if tensor not in self._shapes:
             self._shapes[tensor] = self.builder.op("Shape", [tensor], "shape")
         return self._shapes[tensor]
+
+    def carries(self, tensor: str) -> bool:
+        """True when relevance flows into ``tensor`` (False for constants and side inputs)."""
+        return tensor in self.carrying
+
+    def zeros_like(self, tensor: str) -> str:
+        """A float zero tensor shaped like ``tensor``."""
+        return self.builder.op("ConstantOfShape", [self.shape_of(tensor)], "zeros",
+                               value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+
+    def unbroadcast(self, relevance: str, result: str, tensor: str) -> str:
+        """The relevance of ``result`` (a broadcast of ``tensor``) summed back onto ``tensor``'s
+        shape: over the leading axes broadcasting added and the axes it stretched from 1."""
+        out_shape, in_shape = self.graph.shape(result), self.graph.shape(tensor)
+        lead = len(out_shape) - len(in_shape)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1]
+        if not axes:
+            return relevance
+        summed = self.builder.reduce("ReduceSum", relevance, axes, keepdims=1, hint="r_unbroadcast")
+        return self.builder.op("Reshape", [summed, self.shape_of(tensor)], "r_unbroadcast")
 
     def nonnegative(self, tensor: str) -> bool:
         """True when ``tensor`` is >= 0 by construction (a ReLU output, possibly pooled or
@@ -182,21 +204,24 @@ def compile_explainer(
     graph.CopyFrom(mg.model.graph)
     taken = set(mg.producer) | set(mg.constants) | {n.name for n in graph.node} | {i.name for i in graph.input}
     builder = GraphBuilder(default_opset(mg.model), taken)
-    ctx = Context(mg, builder, mode, {node.name: node for node in graph.node})
+    ctx = Context(mg, builder, mode, {node.name: node for node in graph.node}, sub.tensors)
 
     incoming: Dict[str, List[str]] = defaultdict(list)
     incoming[mg.output].append(_initial_relevance(ctx))
     summed: Dict[str, str] = {}
 
     def relevance_of(tensor: str) -> str:
-        """The relevance of a tensor: the sum over its uses (fan-out)."""
+        """The relevance of a tensor: the sum over its uses (fan-out); zeros when no use passed
+        any back (a gate, see ops.arithmetic)."""
         if tensor not in summed:
-            summed[tensor] = builder.sum(incoming[tensor], "r_fanin")
+            summed[tensor] = builder.sum(incoming[tensor], "r_fanin") if incoming.get(tensor) else ctx.zeros_like(tensor)
         return summed[tensor]
 
     for name in reversed(sub.nodes):   # reverse topological order
         node = mg.nodes[name]
         relevance = {t: relevance_of(t) for t in node.output if t in sub.tensors and incoming.get(t)}
+        if not relevance:   # nothing flows back through this node (it only feeds gates)
+            continue
         for tensor, r in ops.handler_for(node).propagate(ctx, node, rules.get(name), relevance):
             incoming[tensor].append(r)
 

@@ -1,5 +1,5 @@
 """Relevance handlers, one module per op family; importing this package fills the registry."""
-from . import elementwise, linear, merge, pooling, shape  # noqa: F401  (registration side effect)
+from . import arithmetic, elementwise, linear, merge, pooling, shape  # noqa: F401  (registration side effect)
 from .registry import HANDLERS, LAYER_FAMILIES, data_slots, handler_for, supported_ops
 
 __all__ = ["HANDLERS", "LAYER_FAMILIES", "data_slots", "handler_for", "supported_ops"]

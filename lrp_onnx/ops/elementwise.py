@@ -6,7 +6,7 @@ from .registry import register
 
 ACTIVATIONS = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
-    "Tanh", "Softplus", "Softsign", "Clip", "Gelu", "HardSwish", "Mish",
+    "Tanh", "Softplus", "Softsign", "Clip", "Gelu", "HardSwish", "Mish", "Erf",
 )
 
 

@@ -1,0 +1,98 @@
+"""Element-wise arithmetic: sums (residual connections, biases), scaling, and gates.
+
+Sums split the relevance in proportion to each summand (the overview's z-rule on a layer whose
+weights are all 1, section 10.2; zennit's Norm rule for its ResNet canonizer's Sum):
+
+    R_i = x_i / stab(sum_j x_j) * R,    stab(z) = z + SUM_EPSILON * sgn(z),  sgn(0) = +1
+
+A summand that is not on the relevance path (a constant bias, a side input) keeps its share:
+it is absorbed, like a bias in the epsilon rule. Broadcast summands get their relevance summed
+back over the broadcast axes.
+
+Mul/Div by a constant scale every contribution alike, so relevance passes unchanged. A product
+of an activation and a *gate* (a Sigmoid/HardSigmoid/Erf/Tanh output, possibly shifted or
+scaled by constants: squeeze-excitation, SiLU = x * Sigmoid(x), GELU = x * (1 + Erf(x/sqrt 2)) / 2)
+gives all relevance to the gated signal and none to the gate, as the gate only modulates how
+much of the signal passes (the treatment of gates in LRP for LSTMs, Arras et al. 2017, and of
+SiLU/GELU as activations in AttnLRP, Achtibat et al. 2024).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from ..errors import ModelError
+from .registry import register
+
+#: The stabilizer of the proportional split of sums (zennit's default for Norm).
+SUM_EPSILON = 1e-6
+
+#: Ops whose output is a gate in (0, 1) or (-1, 1) ...
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Erf", "Tanh"}
+#: ... and the element-wise ops with a constant operand that keep it one (1 + erf, 0.5 * gate).
+_GATE_PRESERVING = {"Add", "Sub", "Mul", "Div"}
+
+
+def _signed_terms(ctx, node) -> List[Tuple[str, bool]]:
+    """(summand, negated) for Add, Sub and Sum."""
+    if node.op_type == "Sub":
+        return [(node.input[0], False), (node.input[1], True)]
+    return [(name, False) for name in node.input]
+
+
+@register("Add", "Sub", "Sum", family="sum")
+def proportional_split(ctx, node, rule, relevance):
+    """R_i = (+-x_i) / stab(y) * R for every summand on the relevance path (y: the node's output)."""
+    b = ctx.builder
+    y = node.output[0]
+    sign = b.op("Where", [b.op("GreaterOrEqual", [y, b.const(0.0)], "y_ge0"), b.const(1.0), b.const(-1.0)], "sgn_y")
+    stabilized = b.op("Add", [y, b.op("Mul", [sign, b.const(SUM_EPSILON)], "eps_sgn")], "y_stab")
+    s = b.op("Div", [relevance[y], stabilized], "s_sum")
+    result = []
+    for name, negated in _signed_terms(ctx, node):
+        if not ctx.carries(name):
+            continue
+        share = b.op("Mul", [name, s], "r_summand")
+        if negated:
+            share = b.op("Neg", [share], "r_summand")
+        result.append((name, ctx.unbroadcast(share, y, name)))
+    return result
+
+
+def _gate_source(ctx, tensor: str) -> Optional[str]:
+    """The gate op a tensor comes from (through element-wise ops with a constant operand), or None."""
+    for _ in range(8):   # 1 + erf(x) * 0.5 and the like are a few steps deep at most
+        producer = ctx.graph.nodes.get(ctx.graph.producer.get(tensor, ""))
+        if producer is None:
+            return None
+        if producer.op_type in GATE_OPS:
+            return producer.op_type
+        if producer.op_type not in _GATE_PRESERVING:
+            return None
+        varying = [name for name in producer.input if name not in ctx.graph.constants]
+        if len(varying) != 1:
+            return None
+        tensor = varying[0]
+    return None
+
+
+@register("Mul", "Div", family="scale")
+def scale_or_gate(ctx, node, rule, relevance):
+    """x * c, x / c: R_x = R. x * gate(...): R_x = R, the gate gets none (see module doc)."""
+    r, y = relevance[node.output[0]], node.output[0]
+    on_path = [name for name in node.input if ctx.carries(name)]
+    if node.op_type == "Div" and node.input[1] in on_path:
+        raise ModelError(f"Div {node.name!r} divides by an activation ({node.input[1]!r}); only division "
+                         f"by a constant passes relevance")
+    if len(on_path) == 2 and node.input[0] != node.input[1]:
+        gates = [name for name in on_path if _gate_source(ctx, name)]
+        if len(gates) != 1:
+            raise ModelError(
+                f"Mul {node.name!r} multiplies two activations ({node.input[0]!r}, {node.input[1]!r}); "
+                f"lrp_onnx passes relevance through a product only when exactly one factor is a gate "
+                f"(a {'/'.join(sorted(GATE_OPS))} output), found {len(gates)}"
+            )
+        on_path = [name for name in on_path if name not in gates]
+    elif len(on_path) == 2:
+        raise ModelError(f"Mul {node.name!r} squares an activation ({node.input[0]!r}); no relevance rule for x*x")
+    (signal,) = on_path
+    return [(signal, ctx.unbroadcast(r, y, signal))]
