@@ -55,6 +55,12 @@ class Context:
         """True when relevance flows into ``tensor`` (False for constants and side inputs)."""
         return tensor in self.carrying
 
+    def constant_initializer(self, value, hint: str) -> str:
+        """A new initializer that rules may read and modify like a model weight."""
+        name = self.builder.const(value, hint)
+        self.graph.constants[name] = next(t for t in reversed(self.builder.initializers) if t.name == name)
+        return name
+
     def zeros_like(self, tensor: str) -> str:
         """A float zero tensor shaped like ``tensor``."""
         return self.builder.op("ConstantOfShape", [self.shape_of(tensor)], "zeros",
@@ -147,12 +153,16 @@ def prepare(model: ModelLike) -> Prepared:
 
 
 def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
-    """The linear-type layers on the relevance path, numbered in model order."""
-    layers = []
+    """The nodes on the relevance path that take a rule: linear-type layers, numbered in model
+    order, and uncounted ones (index None) such as an unfoldable BatchNormalization."""
+    layers, counted = [], 0
     for name in sub.nodes:
         family = ops.HANDLERS[mg.nodes[name].op_type].family
         if family in ops.LAYER_FAMILIES:
-            layers.append(Layer(name, mg.nodes[name].op_type, family, len(layers)))
+            layers.append(Layer(name, mg.nodes[name].op_type, family, counted))
+            counted += 1
+        elif family in ops.UNCOUNTED_RULE_FAMILIES:
+            layers.append(Layer(name, mg.nodes[name].op_type, family, None))
     return layers
 
 
@@ -229,7 +239,8 @@ def compile_explainer(
     for name, tensor in outputs.items():
         builder.nodes.append(helper.make_node("Identity", [relevance_of(tensor)], [name], name=builder.fresh("node_out")))
     graph.node.extend(builder.nodes)
-    graph.initializer.extend(builder.initializers)
+    used = {name for node in builder.nodes for name in node.input}
+    graph.initializer.extend(t for t in builder.initializers if t.name in used)   # e.g. a bias only a rule reads
 
     out_info = next(o for o in mg.model.graph.output if o.name == mg.output)
     graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, mg.shape(mg.output)))

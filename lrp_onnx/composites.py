@@ -1,8 +1,10 @@
 """Composites: which rule each layer gets. An ordered list of (predicate, rule); first match wins.
 
 Layers are the linear-type nodes on the relevance path (Conv, Gemm, MatMul, AveragePool,
-GlobalAveragePool, MaxPool) in the model's order; ``Index`` counts them from 0. Activations and
-shape ops take no rule. A composite also says how MaxPool is read: "winner" (relevance to the
+GlobalAveragePool, ReduceMean/ReduceSum, MaxPool) in the model's order; ``Index`` counts them
+from 0. A BatchNormalization that could not be folded (family "norm") takes a rule too but is
+not counted: it gets Epsilon(1e-6) unless a predicate (Family("norm"), Name) picks another.
+Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is read: "winner" (relevance to the
 arg-max, as zennit's gradient) or "avg" (as average pooling, as the tutorial).
 """
 from __future__ import annotations
@@ -28,16 +30,20 @@ FAMILY_GROUPS = {
     "pool": ("avgpool", "maxpool"),
     "all": ("conv", "dense", "avgpool", "maxpool"),
 }
+#: Families outside "all" and outside the layer index, with the rule they get when no predicate
+#: matches: an unfoldable BatchNormalization is read with zennit's Norm-like epsilon rule.
+UNCOUNTED_FAMILIES = {"norm": Epsilon(1e-6)}
 
 
 @dataclass(frozen=True)
 class Layer:
-    """What a predicate sees of a node: its name, op type, family and layer index."""
+    """What a predicate sees of a node: its name, op type, family and layer index (None for
+    the uncounted families)."""
 
     name: str
     op_type: str
     family: str
-    index: int
+    index: Optional[int]
 
 
 class Predicate:
@@ -57,10 +63,11 @@ class Family(Predicate):
         for f in families:
             if f in FAMILY_GROUPS:
                 expanded += FAMILY_GROUPS[f]
-            elif f in FAMILY_GROUPS["all"]:
+            elif f in FAMILY_GROUPS["all"] or f in UNCOUNTED_FAMILIES:
                 expanded.append(f)
             else:
-                raise CompositeError(f"unknown family {f!r}; known: {', '.join(FAMILY_GROUPS['all'] + tuple(FAMILY_GROUPS))}")
+                raise CompositeError(f"unknown family {f!r}; known: "
+                                     f"{', '.join(FAMILY_GROUPS['all'] + tuple(UNCOUNTED_FAMILIES) + tuple(FAMILY_GROUPS))}")
         object.__setattr__(self, "families", tuple(expanded))
 
     def matches(self, layer, layers):
@@ -115,14 +122,17 @@ class Composite:
         object.__setattr__(self, "rules", tuple(tuple(pair) for pair in self.rules))
 
     def assign(self, layers: Sequence[Layer], maxpool: Optional[str] = None) -> Dict[str, Rule]:
-        """The rule of every layer that takes one (MaxPool only in "avg" mode); a layer that
-        no predicate matches is an error."""
+        """The rule of every layer that takes one (MaxPool only in "avg" mode); a counted layer
+        that no predicate matches is an error, an uncounted one gets its family's default."""
         mode = maxpool or self.maxpool
+        counted = [layer for layer in layers if layer.index is not None]
         chosen = {}
         for layer in layers:
             if layer.family == "maxpool" and mode == "winner":
                 continue
-            rule = next((r for p, r in self.rules if p.matches(layer, layers)), None)
+            rule = next((r for p, r in self.rules if p.matches(layer, counted)), None)
+            if rule is None and layer.index is None:
+                rule = UNCOUNTED_FAMILIES[layer.family]
             if rule is None:
                 raise CompositeError(
                     f"composite {self.name!r} has no rule for layer {layer.name!r} ({layer.op_type}, "

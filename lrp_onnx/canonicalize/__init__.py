@@ -14,6 +14,7 @@ from .gemm import normalize_gemm
 from .identity import drop_identity
 from .matmul_add import fuse_matmul_add
 from .names import assign_node_names
+from .shapes import fold_shape_arithmetic
 from .softmax import strip_output_softmax
 
 Pass = Callable[[onnx.ModelProto], bool]
@@ -22,6 +23,7 @@ Pass = Callable[[onnx.ModelProto], bool]
 PASSES: Tuple[Pass, ...] = (
     assign_node_names,
     constants_to_initializers,
+    fold_shape_arithmetic,
     drop_identity,
     strip_output_softmax,
     normalize_gemm,

@@ -18,6 +18,9 @@ from ..errors import UnsupportedOpError
 #: Families whose nodes are linear-type layers: they take a rule from the composite and are
 #: counted by the composite's layer index (MaxPool only takes one in "avg" mode).
 LAYER_FAMILIES = ("conv", "dense", "avgpool", "maxpool")
+#: Families that take a rule but are not counted as layers: an unfoldable BatchNormalization
+#: ("norm") gets the composite's rule if a predicate names it, else a default (composites.py).
+UNCOUNTED_RULE_FAMILIES = ("norm",)
 
 
 @dataclass(frozen=True)

@@ -21,3 +21,10 @@ def transpose_back(ctx, node, rule, relevance):
     perm = attributes(node).get("perm", list(range(rank))[::-1])
     inverse = [int(i) for i in np.argsort(perm)]
     return [(node.input[0], ctx.builder.op("Transpose", [relevance[node.output[0]]], "r_transpose", perm=inverse))]
+
+
+@register("Shape", "Size", family="shape", data_slots=())
+def shape_only(ctx, node, rule, relevance):
+    """Shape and Size read only the dimensions of their input: no relevance flows through them
+    (with no data slot they are never on the relevance path; the handler is never called)."""
+    raise AssertionError(f"{node.op_type} carries no relevance")
