@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lrp_onnx.canonicalize import (
     PASSES, assign_node_names, canonicalize, constants_to_initializers, drop_identity, fold_batchnorm,
-    fuse_matmul_add, normalize_gemm, strip_output_softmax,
+    fold_shape_arithmetic, fuse_matmul_add, normalize_gemm, strip_output_softmax,
 )
 from lrp_onnx.load import infer_shapes
 
@@ -190,9 +190,15 @@ def test_all_passes_together_keep_the_logits():
         [helper.make_node("Constant", [], ["W"], value=weight), helper.make_node("Identity", ["x"], ["i"]),
          helper.make_node("MatMul", ["i", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["g"]),
          helper.make_node("BatchNormalization", ["g", "scale", "shift", "mean", "var"], ["n"]),
-         helper.make_node("Gemm", ["n", "W2"], ["logits"], alpha=2.0),
+         helper.make_node("Shape", ["n"], ["n_shape"]), helper.make_node("Gather", ["n_shape", "one"], ["width"]),
+         helper.make_node("Unsqueeze", ["width", "zero"], ["width1"]),
+         helper.make_node("Concat", ["minus_one", "width1"], ["target"], axis=0),
+         helper.make_node("Reshape", ["n", "target"], ["n2"]),
+         helper.make_node("Gemm", ["n2", "W2"], ["logits"], alpha=2.0),
          helper.make_node("Softmax", ["logits"], ["y"], axis=1)],
-        [X2], [Y2], [init("b", (5,)), init("W2", (5, 3))] + batchnorm_inits(5))
+        [X2], [Y2], [init("b", (5,)), init("W2", (5, 3))] + batchnorm_inits(5) + [
+            numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
     x = RNG.normal(size=(3, 4)).astype(np.float32)
     reference = onnx.ModelProto()
     reference.CopyFrom(proto)
@@ -200,5 +206,44 @@ def test_all_passes_together_keep_the_logits():
     expected = run(reference, x)[0]
     changed = canonicalize(proto)
     assert set(changed) == {p.__name__ for p in PASSES}
-    assert ops(proto) == ["Gemm", "Gemm"]
+    assert ops(proto) == ["Gemm", "Reshape", "Gemm"]
     np.testing.assert_allclose(run(proto, x)[0], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def channel_shuffle(groups=2):
+    """x (N, 4, 3, 3) -> view(n, groups, c // groups, h, w) -> transpose(1, 2) -> view(n, c, h, w),
+    with the sizes read off Shape as torch.onnx writes them for a dynamic batch."""
+    consts = {"i0": 0, "i1": 1, "i2": 2, "i3": 3, "g": groups}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "axis0"), numpy_helper.from_array(np.array([groups], np.int64), "g1")]
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Shape", ["a"], ["s"])]
+    for k in range(4):
+        nodes.append(helper.make_node("Gather", ["s", f"i{k}"], [f"d{k}"]))
+    nodes.append(helper.make_node("Div", ["d1", "g"], ["cg"]))
+    for name in ("d0", "cg", "d1", "d2", "d3"):
+        nodes.append(helper.make_node("Unsqueeze", [name, "axis0"], [name + "_1"]))
+    nodes += [helper.make_node("Concat", ["d0_1", "g1", "cg_1", "d2_1", "d3_1"], ["shape5"], axis=0),
+              helper.make_node("Reshape", ["a", "shape5"], ["r5"]),
+              helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+              helper.make_node("Concat", ["d0_1", "d1_1", "d2_1", "d3_1"], ["shape4"], axis=0),
+              helper.make_node("Reshape", ["t5", "shape4"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3, 3])
+    return model(nodes, [x], [y], inits)
+
+
+def test_fold_shape_arithmetic_makes_the_sizes_after_a_channel_shuffle_static():
+    proto = channel_shuffle()
+    shapes = {vi.name: vi for vi in proto.graph.value_info}
+    assert not shapes["r5"].type.tensor_type.shape.dim[2].HasField("dim_value")   # hidden behind the Div
+    out = check_pass(fold_shape_arithmetic, proto, RNG.normal(size=(2, 4, 3, 3)).astype(np.float32))
+    infer_shapes(out)
+    dims = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+            for vi in list(out.graph.value_info) + list(out.graph.output)}
+    assert dims["r5"] == ["N", 2, 2, 3, 3] and dims["y"] == ["N", 4, 3, 3]
+    assert "Div" not in ops(out) and ops(out).count("Shape") == 1   # the batch size is still read at run time
+
+
+def test_fold_shape_arithmetic_leaves_a_model_without_shape_ops_alone():
+    proto = model([helper.make_node("Relu", ["x"], ["y"])], [X2], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    check_pass(fold_shape_arithmetic, proto, RNG.normal(size=(2, 4)).astype(np.float32), expect_changed=False)

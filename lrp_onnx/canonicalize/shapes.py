@@ -93,6 +93,8 @@ def _fold_once(model: onnx.ModelProto) -> bool:
     if not folded:
         return False
     keep = [node for node in graph.node if not all(o in folded for o in node.output if o)]
+    still_read = {name for node in keep for name in node.input} | {o.name for o in graph.output}
+    keep = [node for node in keep if node.op_type != "Shape" or node.output[0] in still_read]
     del graph.node[:]
     graph.node.extend(keep)
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in folded.items())
