@@ -31,3 +31,27 @@ def vgg16_input():
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
     std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
     return (pixels - mean) / std
+
+
+@pytest.fixture(scope="session")
+def zoo_export(tmp_path_factory):
+    """Factory: ``zoo_export(name)`` -> (torch module, onnx path) for a model of
+    ``exporters.zoo.ZOO``: ``zoo_module(name)`` (seed 0, calibrated BatchNorm, eval mode) and
+    its export by ``export_zoo_model`` at its smallest size ``ZOO[name]`` (dynamic batch).
+    Built once per name per session, whichever test asks first."""
+    pytest.importorskip("torch", reason="the zoo models need the torch extra")
+    pytest.importorskip("torchvision", reason="the zoo models need the torch extra")
+    from exporters.zoo import ZOO, export_zoo_model, zoo_module
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+            export_zoo_model(name, path, ZOO[name])
+            # zoo_module is deterministic (seeded weights and calibration), so this is the
+            # module that export_zoo_model exported
+            cache[name] = zoo_module(name), str(path)
+        return cache[name]
+
+    return get
