@@ -9,6 +9,7 @@ of intermediate tensors as ``lrp_relevance:<tensor name>``.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Union
@@ -23,7 +24,7 @@ from .composites import CompositeLike, Layer, resolve_composite
 from .errors import InputError, ModelError, UnsupportedOpError
 from .files import write_atomically
 from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
-from .load import ModelLike, default_opset, infer_shapes, load_model
+from .load import PROTOBUF_LIMIT, ModelLike, default_opset, infer_shapes, load_model, serialized_size
 from .rules import Rule
 
 MASK_INPUT = "lrp_target_mask"
@@ -115,9 +116,26 @@ class CompiledExplainer:
     layer_outputs: Dict[str, str]        # requested tensor -> explainer output name
     passes: List[str] = field(default_factory=list)
 
-    def save(self, path) -> None:
-        """Write the standalone explainer model (nothing is left behind if writing fails)."""
-        write_atomically(path, lambda tmp: onnx.save(self.model, tmp))
+    def save(self, path, external_data: bool = False) -> None:
+        """Write the standalone explainer model. ``external_data``: its tensors of 1 KiB or more
+        go to the file ``<name>.data`` beside it (ONNX external data, needed above protobuf's
+        2 GB limit; smaller ones, such as shapes, stay inline, where onnxruntime needs them).
+        Both files or none are written."""
+        if not external_data:
+            if serialized_size(self.model) >= PROTOBUF_LIMIT:
+                raise ModelError(f"the explainer is {serialized_size(self.model) / 2 ** 30:.1f} GiB, above protobuf's "
+                                 f"2 GiB limit: save it with external_data=True")
+            write_atomically(path, lambda tmp: onnx.save(self.model, tmp))
+            return
+        location = os.path.basename(os.fspath(path)) + ".data"
+
+        def write(tmp):
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)   # save_model moves the tensors of the proto it is given
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=location, size_threshold=1024)
+
+        write_atomically(path, write, companions=(location,))
 
 
 @dataclass

@@ -98,9 +98,12 @@ class Explainer:
                 raise InputError(f"input has shape {x.shape}; the model expects {tuple(expected)} (axis {axis})")
         if x.shape[0] == 0:
             raise InputError("the input batch is empty")
-        x = x.astype(np.float32, copy=False)
         if not np.all(np.isfinite(x)):
             raise InputError("the input contains NaN or Inf values")
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32, copy=False)   # documented: integer and float64 inputs are cast
+        if not np.all(np.isfinite(x)):
+            raise InputError("the input has values beyond float32's range (|x| > 3.4e38)")
         return x
 
     def _mask(self, target, output_shape) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -130,17 +133,25 @@ class Explainer:
             raise InputError(f"the model output has dynamic dimensions {shape}; pass target=None or an int")
         return tuple(dims)
 
-    def explain(self, x, target=None, layers: Sequence[str] = ()) -> Explanation:
+    def explain(self, x, target=None, layers: Sequence[str] = (), batch_size: Optional[int] = None) -> Explanation:
         """Explain a batch ``x``. target: None (predicted class), an int, one int per sample,
         or a mask shaped like the output (relevance at the output = output * mask).
-        layers: tensor names (see ``layer_names``) whose relevance to return too."""
+        layers: tensor names (see ``layer_names``) whose relevance to return too.
+        batch_size: run at most this many samples at once (bounds onnxruntime's memory; each
+        sample's explanation does not depend on the others)."""
         layers = tuple(dict.fromkeys(layers))
         check_layer_names(layers, self.compiled.layer_tensors)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):
+            raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
         x = self._input_array(x)
         session, compiled = self._session(bool(layers))
         mask, resolved = self._mask(target, self._output_shape(session, x))
         wanted = [compiled.output_name, RELEVANCE_OUTPUT] + [compiled.layer_outputs[t] for t in layers]
-        results = session.run(wanted, {compiled.input_name: x, MASK_INPUT: mask})
+        step = batch_size or len(x)
+        chunks = [session.run(wanted, {compiled.input_name: x[i:i + step], MASK_INPUT: mask[i:i + step]})
+                  for i in range(0, len(x), step)]
+        results = chunks[0] if len(chunks) == 1 else [np.concatenate(parts) for parts in zip(*chunks)]
         output, relevance = results[0], results[1]
         if target is None:
             flat = output.reshape(len(output), -1)
@@ -150,9 +161,10 @@ class Explainer:
         total = (output.reshape(len(output), -1).astype(np.float64) * mask.reshape(len(output), -1)).sum(axis=1)
         return Explanation(relevance, output, dict(zip(layers, results[2:])), resolved, total)
 
-    def save(self, path, layers: Sequence[str] = ()) -> None:
+    def save(self, path, layers: Sequence[str] = (), external_data: bool = False) -> None:
         """Write the standalone explainer (inputs: the model input and ``lrp_target_mask``;
-        outputs: the model output, ``lrp_relevance`` and ``lrp_relevance:<tensor>`` per layer)."""
+        outputs: the model output, ``lrp_relevance`` and ``lrp_relevance:<tensor>`` per layer).
+        external_data: tensors in ``<name>.data`` beside it (for explainers above 2 GB)."""
         layers = tuple(dict.fromkeys(layers))
         compiled = compile_explainer(self._prepared, self.composite, self.maxpool, layers) if layers else self.compiled
-        compiled.save(path)
+        compiled.save(path, external_data=external_data)

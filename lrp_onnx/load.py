@@ -1,12 +1,13 @@
 """Load an ONNX model from a path or a ModelProto, validate it and infer its shapes."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Union
 
 import onnx
-from onnx import helper, shape_inference, version_converter
+from onnx import external_data_helper, helper, shape_inference, version_converter
 
 from .errors import ModelError
 
@@ -31,15 +32,13 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
     elif isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise ModelError(f"model file not found: {path}")
-        try:
-            proto = onnx.load(path)
-        except Exception as exc:  # protobuf raises several types for garbage
-            raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        proto = _read(os.fspath(model))
     else:
         raise ModelError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    unloaded = next(iter(external_tensors(proto)), None)
+    if unloaded is not None:
+        raise ModelError(f"the model's tensor {unloaded[0]!r} is stored in the external data file {unloaded[1]!r}, "
+                         f"which was not loaded: pass the model's path, or onnx.load it from its directory")
 
     if not proto.graph.node:
         raise ModelError("the model's graph has no nodes (is the file an ONNX model?)")
@@ -59,11 +58,51 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
     return proto
 
 
+def external_tensors(model: onnx.ModelProto):
+    """(name, location) of the tensors (initializers, Constant values) whose data lives in an
+    external file and is not loaded."""
+    attributes = (a.t for node in model.graph.node for a in node.attribute if a.HasField("t"))
+    for tensor in itertools.chain(model.graph.initializer, attributes):
+        if external_data_helper.uses_external_data(tensor):
+            yield tensor.name, external_data_helper.ExternalDataInfo(tensor).location
+
+
+def _read(path: str) -> onnx.ModelProto:
+    """The model at ``path`` with its external data (if any) loaded from beside it."""
+    if not os.path.isfile(path):
+        raise ModelError(f"model file not found: {path}" + (" (it is a directory)" if os.path.isdir(path) else ""))
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for garbage
+        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    base = os.path.dirname(os.path.abspath(path))
+    for name, location in external_tensors(proto):
+        if not os.path.isfile(os.path.join(base, location)):
+            raise ModelError(f"{path}: tensor {name!r} is stored in the external data file {location!r}, "
+                             f"which is missing (looked in {base})")
+    try:
+        external_data_helper.load_external_data_for_model(proto, base)
+    except Exception as exc:
+        raise ModelError(f"{path}: its external data could not be read ({type(exc).__name__}: {exc})") from None
+    return proto
+
+
+#: protobuf cannot serialise a message of 2 GiB or more; larger models keep their tensors in
+#: external data files.
+PROTOBUF_LIMIT = 2 ** 31
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """The model's serialised size in bytes, summed per tensor (works above the limit)."""
+    skel = skeleton(model, limit=-1)   # every initializer out, counted one by one
+    return skel.ByteSize() + sum(t.ByteSize() for t in model.graph.initializer)
+
+
 #: Initializers with more elements than this are left out of the skeleton.
 _SKELETON_LIMIT = 1024
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, limit: int = _SKELETON_LIMIT) -> onnx.ModelProto:
     """The model with its large initializers turned into typed graph inputs: the same
     structure for the checker and shape inference, without serialising the weights (which
     costs seconds for VGG-16 and fails above protobuf's 2 GB)."""
@@ -76,7 +115,7 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         getattr(graph, part).extend(getattr(source, part))
     declared = {i.name for i in source.input}
     for init in source.initializer:
-        if math.prod(init.dims) > _SKELETON_LIMIT:
+        if math.prod(init.dims) > limit:
             if init.name not in declared:
                 graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
