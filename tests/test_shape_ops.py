@@ -35,7 +35,7 @@ def test_transpose_reshape_unsqueeze_squeeze_are_undone():
     np.testing.assert_allclose(res.relevance, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("activation", ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Softplus", "HardSwish", "Gelu"])
+@pytest.mark.parametrize("activation", ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Softplus", "HardSwish", "Gelu", "Erf", "Clip"])
 def test_activations_pass_relevance_unchanged(activation):
     """R at the activation's input equals R at its output (the overview's convention)."""
     rng = np.random.default_rng(1)
@@ -51,3 +51,22 @@ def test_activations_pass_relevance_unchanged(activation):
     res = lrp_onnx.Explainer(model, composite=LRP0_ALL).explain(rng.normal(size=(2, 4)).astype(np.float32), layers=("h", "a"))
     np.testing.assert_array_equal(res.layers["h"], res.layers["a"])
     assert np.abs(res.layers["a"]).sum() > 0
+
+
+def cast_model(to):
+    """x -> Cast(to) -> Cast(float) -> Gemm."""
+    w = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["x"], ["c"], name="cast", to=to), helper.make_node("Cast", ["c"], ["d"], name="back", to=TensorProto.FLOAT),
+             helper.make_node("Gemm", ["d", "W"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [numpy_helper.from_array(w, "W")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_float_cast_passes_relevance_and_another_cast_is_an_error():
+    x = np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32)
+    res = lrp_onnx.Explainer(cast_model(TensorProto.FLOAT), composite=LRP0_ALL).explain(x, layers=("c", "d"))
+    np.testing.assert_array_equal(res.layers["c"], res.layers["d"])
+    np.testing.assert_allclose(res.conservation, 1.0, rtol=1e-5)   # LRP-0, no bias: conservative
+    with pytest.raises(lrp_onnx.ModelError, match="changes the element type"):
+        lrp_onnx.Explainer(cast_model(TensorProto.DOUBLE), composite=LRP0_ALL)

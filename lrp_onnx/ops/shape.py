@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
+from ..errors import ModelError
 from .linear import attributes
 from .registry import register
 
@@ -28,3 +30,12 @@ def shape_only(ctx, node, rule, relevance):
     """Shape and Size read only the dimensions of their input: no relevance flows through them
     (with no data slot they are never on the relevance path; the handler is never called)."""
     raise AssertionError(f"{node.op_type} carries no relevance")
+
+
+@register("Cast", family="shape", data_slots=(0,))
+def cast_back(ctx, node, rule, relevance):
+    """A float32 -> float32 Cast (exporters emit them) is the identity: R_in = R_out. A cast to
+    another type on the relevance path cannot carry relevance back."""
+    if attributes(node).get("to") != onnx.TensorProto.FLOAT or ctx.graph.elem_types.get(node.input[0]) != onnx.TensorProto.FLOAT:
+        raise ModelError(f"Cast {node.name!r} changes the element type on the relevance path; only float32 -> float32 passes relevance")
+    return [(node.input[0], relevance[node.output[0]])]
