@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torch,test]'
+	$(PY) -m pip install --quiet -e '.[torch,test,demo]'
 	touch $@
 
 demo: $(VENV)/.installed

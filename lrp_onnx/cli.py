@@ -1,12 +1,34 @@
-"""The ``lrp-onnx`` command line: demo, compile, inspect."""
+"""The ``lrp-onnx`` command line: demo, explain, compile, inspect.
+
+Errors of the user's making (files, models, inputs, targets, composites) exit with code 2 and
+one line; anything else with code 1 and one line; ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
-from .errors import LRPError
+import numpy as np
+
+from .errors import InputError, LRPError
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+
+#: More inputs than this get a progress bar on stderr.
+PROGRESS_ABOVE = 4
+
+#: How relevance passes through nodes that take no rule, by handler family.
+HANDLING = {
+    "activation": "pass",
+    "shape": "pass (inverse shape op)",
+    "merge": "split back to the inputs",
+    "sum": "split in proportion to the summands",
+    "scale": "pass (a gate gets none)",
+    "maxpool": "winner-take-all",
+}
 
 
 def _compile(args):
@@ -18,53 +40,265 @@ def _compile(args):
           f"{len(compiled.rules)} layers with rules")
 
 
-def _inspect(args):
-    from .compile import compile_explainer
+def _shape(mg, tensor) -> str:
+    dims = mg.shapes.get(tensor)
+    return "?" if dims is None else "(" + ", ".join(str(d) if d else "?" for d in dims) + ")"
 
-    compiled = compile_explainer(args.model, args.composite, args.maxpool)
-    op_types = {node.name: node.op_type for node in compiled.model.graph.node}
-    print(f"{'layer':40s} {'op':18s} rule")
-    for name, rule in compiled.rules.items():
-        print(f"{name:40s} {op_types[name]:18s} {rule}")
+
+def _inspect(args) -> int:
+    """The relevance-carrying nodes with op, output shape and rule; works on models that cannot
+    be compiled (unsupported nodes are listed as such). Exit code 1 when some are."""
+    from . import ops
+    from .canonicalize import canonicalize
+    from .compile import layers_of
+    from .composites import resolve_composite
+    from .coverage import op_coverage
+    from .graph import RelevanceSubgraph, build_graph, relevance_subgraph
+    from .load import infer_shapes, load_model
+
+    composite = resolve_composite(args.composite)
+    mode = args.maxpool or composite.maxpool
+    proto = load_model(args.model)
+    canonicalize(proto)
+    infer_shapes(proto)
+    mg = build_graph(proto)
+    sub = relevance_subgraph(mg, ops.data_slots)
+    handled = RelevanceSubgraph([n for n in sub.nodes if mg.nodes[n].op_type in ops.HANDLERS], sub.tensors)
+    rules = composite.assign(layers_of(mg, handled), mode)
+    table = [("node", "op", "output shape", "rule")]
+    for name in sub.nodes:
+        node = mg.nodes[name]
+        handler = ops.HANDLERS.get(node.op_type)
+        if handler is None:
+            rule = "UNSUPPORTED (no relevance handler)"
+        else:
+            rule = str(rules[name]) if name in rules else HANDLING.get(handler.family, handler.family)
+        table.append((name, node.op_type, _shape(mg, node.output[0]), rule))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    blocking = [row for row in op_coverage(proto) if row.blocking]
+    print(f"{len(sub.nodes)} nodes carry relevance, {len(rules)} take a rule of composite "
+          f"{composite.name!r} (MaxPool: {mode})")
+    if blocking:
+        listed = ", ".join(f"{row.op_type} ({row.on_path} nodes)" for row in blocking)
+        print(f"unsupported ops on the relevance path: {listed}; the model cannot be explained yet")
+        return 1
+    return 0
 
 
 def _demo(args):
-    from .demo import run_demo
+    from .demo import run_digits, run_vgg16
 
-    run_demo(args.out)
+    if args.which == "vgg16":
+        run_vgg16(args.out, args.weights)
+    elif args.weights:
+        raise InputError("--weights is for `lrp-onnx demo vgg16`")
+    else:
+        run_digits(args.out)
+
+
+def _target(text: str):
+    """--target: "pred" or a class index."""
+    if text == "pred":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target must be 'pred' or a class index, got {text!r}") from None
+
+
+def _read_inputs(paths, model_shape, spec):
+    """[(name, sample, display RGB or None, layout, size)] for every input file; .npy files
+    hold one sample or a batch, images are preprocessed. Everything is checked here, before
+    anything is explained or written."""
+    from .images import fit, load_image
+
+    items, fitted = [], None
+    expected = tuple(d if d else "?" for d in model_shape[1:])
+    for path in paths:
+        stem = Path(path).stem
+        if path.lower().endswith(".npy"):
+            if not os.path.isfile(path):
+                raise InputError(f"input file not found: {path}")
+            try:
+                array = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise InputError(f"{path} is not a numeric .npy array ({exc})") from None
+            if array.dtype.kind not in "fiu":
+                raise InputError(f"{path} has dtype {array.dtype}; the model takes float32 numbers")
+            samples = [array] if array.ndim == len(expected) else list(array) if array.ndim == len(expected) + 1 else None
+            if samples is None:
+                raise InputError(f"{path} has shape {array.shape}; the model takes samples of shape "
+                                 f"{expected} (or a batch of them)")
+            names = [stem] if len(samples) == 1 and array.ndim == len(expected) else [f"{stem}_{i}" for i in range(len(samples))]
+            items += [(n, s.astype(np.float32), None, "auto", None) for n, s in zip(names, samples)]
+        else:
+            fitted = fitted or fit(spec, model_shape)
+            sample, display = load_image(path, spec, fitted)
+            items.append((stem, sample, display, fitted.layout, fitted.size))
+    for name, sample, *_ in items:
+        wrong = [a for a, (got, want) in enumerate(zip(sample.shape, expected)) if isinstance(want, int) and got != want]
+        if sample.ndim != len(expected) or wrong:
+            raise InputError(f"input {name!r} has shape {sample.shape}; the model takes samples of shape {expected}")
+    seen = {}
+    for i, (name, *rest) in enumerate(items):   # unique output names
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            items[i] = (f"{name}_{seen[name]}", *rest)
+    return items
+
+
+def _model_input_shape(explainer):
+    graph = explainer.model.graph
+    info = next(i for i in graph.input if i.name == explainer.compiled.input_name)
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
+
+
+def _progress(done: int, total: int):
+    width = 30
+    filled = width * done // total
+    print(f"\rexplaining [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="" if done < total else "\n",
+          file=sys.stderr, flush=True)
+
+
+def _figure(sample, relevance, display, layout, size, cmap):
+    """[input, heatmap, overlay] side by side, scaled up to about 224 pixels."""
+    from .images import relevance_map
+    from .render import colorize, gray, grid, overlay
+
+    heat = relevance_map(relevance, layout, size)
+    if display is None:
+        shown = relevance_map(sample, layout, size)
+        display = gray(shown, shown.min(), shown.max() if shown.max() > shown.min() else shown.min() + 1)
+    return grid([[_enlarge(display), _enlarge(colorize(heat, cmap)), _enlarge(overlay(display, heat, cmap))]])
+
+
+def _enlarge(rgb):
+    """Scaled up by an integer factor to about 224 pixels; a one-row strip made 16 rows tall."""
+    from .render import upscale
+
+    big = upscale(rgb, max(1, 224 // max(rgb.shape[:2])))
+    return np.repeat(big, 16, axis=0) if len(big) == 1 else big
+
+
+def _save_npy(path, array):
+    from .files import write_atomically
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+    write_atomically(path, write)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_.") or "layer"
+
+
+def _explain(args):
+    import onnxruntime as ort
+
+    from .explainer import Explainer
+    from .images import preprocess_from, relevance_map
+    from .render import colorize, write_png
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.providers:
+        missing = [p for p in args.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise InputError(f"execution provider(s) {missing} not available; available: {ort.get_available_providers()}")
+    spec = preprocess_from(args.preprocess)
+    explainer = Explainer(args.model, composite=args.composite, providers=args.providers, maxpool=args.maxpool)
+    items = _read_inputs(args.inputs, _model_input_shape(explainer), spec)
+    os.makedirs(args.out, exist_ok=True)
+    total = len(items)
+    for start in range(0, total, args.batch_size):
+        batch = items[start:start + args.batch_size]
+        res = explainer.explain(np.stack([item[1] for item in batch]), target=args.target, layers=args.layers)
+        for i, (name, sample, display, layout, size) in enumerate(batch):
+            png = os.path.join(args.out, f"{name}.png")
+            write_png(png, _figure(sample, res.relevance[i], display, layout, size, args.cmap))
+            if args.save_npy:
+                _save_npy(os.path.join(args.out, f"{name}.relevance.npy"), res.relevance[i])
+            for layer in args.layers:
+                r = res.layers[layer][i]
+                heat = relevance_map(r)
+                write_png(os.path.join(args.out, f"{name}.{_safe(layer)}.png"), _enlarge(colorize(heat, args.cmap)))
+                if args.save_npy:
+                    _save_npy(os.path.join(args.out, f"{name}.{_safe(layer)}.npy"), r)
+            scores = res.output[i].reshape(-1)
+            predicted = int(scores.argmax())
+            print(f"{name}: predicted {predicted} (score {scores[predicted]:.4g}), target {int(res.target[i])}, "
+                  f"relevance sum {float(res.relevance[i].sum(dtype=np.float64)):.4g} -> {png}")
+        if total > PROGRESS_ABOVE:
+            _progress(min(start + args.batch_size, total), total)
 
 
 def parser() -> argparse.ArgumentParser:
+    from .render import COLORMAPS
+
     top = argparse.ArgumentParser(prog="lrp-onnx", description="Layer-wise Relevance Propagation compiled into ONNX.")
     top.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = top.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="explain digits with the tutorial's MLP and write a heatmap PNG")
+    demo = sub.add_parser("demo", help="the tutorial's figures: digits (default) or vgg16")
+    demo.add_argument("which", nargs="?", choices=("digits", "vgg16"), default="digits",
+                      help="digits: models/digits_mlp.onnx on 12 digits; vgg16: VGG-16 on a photo")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument("--weights", help="vgg16: a torchvision VGG-16 state dict (default: seeded random weights)")
     demo.set_defaults(run=_demo)
 
-    for name, fn, text in (("compile", _compile, "write the standalone explainer ONNX model"),
-                           ("inspect", _inspect, "list the layers that take a rule and their rules")):
-        cmd = sub.add_parser(name, help=text)
+    def model_options(cmd):
         cmd.add_argument("model", help="an ONNX model file")
-        cmd.add_argument("--composite", default="epsilon_gamma_box", help="preset name or JSON file")
+        cmd.add_argument("--composite", default="epsilon_gamma_box", help="preset name or JSON file (default: epsilon_gamma_box)")
         cmd.add_argument("--maxpool", choices=("winner", "avg"), default=None, help="override the composite's MaxPool mode")
-        if name == "compile":
-            cmd.add_argument("-o", "--output", required=True, help="where to write the explainer")
-        cmd.set_defaults(run=fn)
+
+    explain = sub.add_parser("explain", help="explain images or .npy arrays; write heatmap PNGs")
+    model_options(explain)
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays (one sample or a batch)")
+    explain.add_argument("--target", type=_target, default=None, help="class index to explain, or 'pred' (default)")
+    explain.add_argument("--preprocess", default="none",
+                         help="images: imagenet, mnist, none (default: [0, 1], the model's size) or a JSON file")
+    explain.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="tensors whose relevance to draw too")
+    explain.add_argument("--out", default="lrp_out", help="output folder (default: lrp_out)")
+    explain.add_argument("--batch-size", type=int, default=16, help="inputs per onnxruntime run (default: 16)")
+    explain.add_argument("--providers", nargs="+", metavar="PROVIDER", help="onnxruntime execution providers")
+    explain.add_argument("--save-npy", action="store_true", help="also write the relevance as .npy")
+    explain.add_argument("--cmap", choices=COLORMAPS, default="tutorial", help="heatmap colours (default: tutorial)")
+    explain.set_defaults(run=_explain)
+
+    compile_ = sub.add_parser("compile", help="write the standalone explainer ONNX model")
+    model_options(compile_)
+    compile_.add_argument("-o", "--output", required=True, help="where to write the explainer")
+    compile_.set_defaults(run=_compile)
+
+    inspect = sub.add_parser("inspect", help="list the nodes that carry relevance, their rules, unsupported ops")
+    model_options(inspect)
+    inspect.set_defaults(run=_inspect)
     return top
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except (LRPError, OSError) as exc:
         if args.debug:
             raise
-        print(f"lrp-onnx: error: {exc}", file=sys.stderr)
+        print(f"lrp-onnx: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    except Exception as exc:   # a bug or a runtime failure: still one line, unless --debug
+        if args.debug:
+            raise
+        print(f"lrp-onnx: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -1,92 +1,151 @@
-"""The demo: the tutorial's MNIST-style MLP explained with the tutorial's rules.
+"""The demos: the tutorial's figures, made from models the project ships or exports.
 
-Until the project ships trained models, the demo trains the tutorial's 784-300-100-10 ReLU MLP
-itself (numpy, seeded, a few seconds) on scikit-learn's 8x8 digits upscaled to 28x28 with
-values in [-1, 1], writes it as ONNX, and explains 12 held-out digits with ``tutorial_mlp``.
+``run_digits``: ``models/digits_mlp.onnx`` (the tutorial's 784-300-100-10 MLP, trained on
+scikit-learn's digits by ``python -m models.train``) explained with ``tutorial_mlp`` on 12
+held-out digits. ``run_vgg16``: torchvision's VGG-16 exported to ONNX, explained with
+``tutorial_vgg16`` on scikit-image's coffee photo, at the pixels and the tutorial's layers.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
+from .errors import InputError, ModelError
 from .explainer import Explainer
-from .render import gray, grid, tutorial_heatmap, write_png
+from .images import PRESETS, fit, image_to_input
+from .render import channel_sum, gray, grid, tutorial_heatmap, upscale, write_png
+
+MODELS = Path(__file__).resolve().parents[1] / "models"   # the source checkout's models/
+
+#: The tutorial's VGG-16 layers whose relevance it draws: layer l -> the exported node whose
+#: INPUT carries R[l] (the relevance at the input of layer l of features + classifier).
+TUTORIAL_LAYERS = {31: "/avgpool/", 21: "/features/features.21/", 11: "/features/features.11/", 1: "/features/features.1/"}
 
 
-def digits_28x28():
-    """scikit-learn's digits as (N, 784) in [-1, 1] (each pixel 3x3, padded by 2 with -1), labels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise SystemExit("the demo needs scikit-learn: pip install 'lrp_onnx[test]'") from None
-    digits = load_digits()
-    images = np.kron(digits.images / 16.0, np.ones((3, 3))) * 2 - 1
-    images = np.pad(images, ((0, 0), (2, 2), (2, 2)), constant_values=-1)
-    return images.reshape(len(images), -1).astype(np.float32), digits.target
+def shipped_model(name: str) -> Path:
+    """The path of a model under the source checkout's ``models/`` folder."""
+    path = MODELS / name
+    if not path.is_file():
+        raise ModelError(f"{path} not found: the demo needs a source checkout with the shipped models "
+                         f"(git clone, then `python -m models.train` to rebuild them)")
+    return path
 
 
-def train_mlp(x, y, sizes=(784, 300, 100, 10), epochs=30, seed=0, decay=5e-4):
-    """Minibatch SGD with momentum and weight decay on softmax cross-entropy (float32);
-    returns [(W (in, out), b), ...]."""
-    rng = np.random.default_rng(seed)
-    params = [(rng.normal(0, np.sqrt(2 / m), (m, n)).astype(np.float32), np.zeros(n, np.float32))
-              for m, n in zip(sizes[:-1], sizes[1:])]
-    velocity = [(np.zeros_like(w), np.zeros_like(b)) for w, b in params]
-    for epoch in range(epochs):
-        for batch in np.array_split(rng.permutation(len(x)), len(x) // 32):
-            acts = [x[batch]]
-            for i, (w, b) in enumerate(params):
-                z = acts[-1] @ w + b
-                acts.append(np.maximum(z, 0) if i < len(params) - 1 else z)
-            p = np.exp(acts[-1] - acts[-1].max(1, keepdims=True))
-            grad = p / p.sum(1, keepdims=True)
-            grad[np.arange(len(batch)), y[batch]] -= 1
-            grad /= len(batch)
-            for i in reversed(range(len(params))):
-                w, b = params[i]
-                gw, gb = acts[i].T @ grad + decay * w, grad.sum(0)
-                if i:
-                    grad = (grad @ w.T) * (acts[i] > 0)
-                vw, vb = velocity[i]
-                velocity[i] = (0.9 * vw - 0.05 * gw, 0.9 * vb - 0.05 * gb)
-                params[i] = (w + velocity[i][0], b + velocity[i][1])
-    return params
+def run_digits(out_dir: str) -> str:
+    """Explain 12 held-out digits; print the first three's scores; write digits + heatmaps."""
+    from exporters.digits import digits_28x28, split
 
-
-def mlp_onnx(params):
-    """The MLP as ONNX: Gemm + Relu per layer (none after the last), input "x" (N, 784)."""
-    nodes, inits, current = [], [], "x"
-    for i, (w, b) in enumerate(params):
-        inits += [numpy_helper.from_array(w.T.astype(np.float32), f"W{i}"), numpy_helper.from_array(b.astype(np.float32), f"B{i}")]
-        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"B{i}"], [f"z{i}"], name=f"dense{i}", transB=1))
-        current = f"z{i}"
-        if i < len(params) - 1:
-            nodes.append(helper.make_node("Relu", [current], [f"a{i + 1}"], name=f"relu{i + 1}"))
-            current = f"a{i + 1}"
-    graph = helper.make_graph(nodes, "digits_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 784])],
-                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", 10])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def run_demo(out_dir: str) -> str:
-    """Train, explain 12 held-out digits, print the first three's scores, write the figure."""
+    path = shipped_model("digits_mlp.onnx")
     x, y = digits_28x28()
-    order = np.random.default_rng(0).permutation(len(x))
-    train, test = order[:1500], order[1500:]
-    model = mlp_onnx(train_mlp(x[train], y[train]))
-    res = Explainer(model, composite="tutorial_mlp").explain(x[test])   # the first 12 are drawn
-    print(f"trained the tutorial's 784-300-100-10 MLP on scikit-learn digits: "
-          f"test accuracy {(res.target == y[test]).mean():.1%}")
+    test = split(len(x))[1]
+    res = Explainer(str(path), composite="tutorial_mlp").explain(x[test])   # the first 12 are drawn
+    print(f"{path.name}: the tutorial's 784-300-100-10 MLP on scikit-learn digits, held-out accuracy "
+          f"{(res.target == y[test]).mean():.1%} ({len(test)} digits)")
     for i in range(3):
         print("  ".join(f"[{k}] {s:.1f}" for k, s in enumerate(res.output[i])))
     rows = [[gray(d.reshape(28, 28), -1, 1) for d in x[test[:12]]],
             [tutorial_heatmap(r.reshape(28, 28)) for r in res.relevance[:12]]]
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "digits_mlp_heatmaps.png")
-    write_png(path, grid(rows, scale=3))
-    print(f"explained classes {res.target[:12].tolist()}; relevance conserved "
-          f"{np.median(res.conservation[:12]):.3f} (median)")
-    print(f"wrote {path}")
-    return path
+    out = os.path.join(out_dir, "digits_mlp_heatmaps.png")
+    write_png(out, grid(rows, scale=3))
+    print(f"explained classes {res.target[:12].tolist()} (labels {y[test[:12]].tolist()}); "
+          f"relevance conserved {np.median(res.conservation[:12]):.3f} (median)")
+    print(f"wrote {out}")
+    return out
+
+
+def _vgg16(weights):
+    """torchvision's VGG-16 with the weights file's state dict, or seeded random weights."""
+    if weights is not None and not os.path.isfile(weights):
+        raise InputError(f"weights file not found: {weights}")
+    try:
+        import torch
+        import torchvision
+    except ImportError:
+        raise InputError("the VGG-16 demo needs PyTorch: pip install 'lrp_onnx[torch,demo]'") from None
+    if weights is None:
+        torch.manual_seed(0)
+        return torchvision.models.vgg16().eval()
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model = torchvision.models.vgg16()
+        model.load_state_dict(state)
+    except Exception as exc:   # pickle, zip and key/shape mismatches all end here
+        raise InputError(f"{weights} is not a torchvision VGG-16 state dict ({type(exc).__name__}: {exc})") from None
+    return model.eval()
+
+
+def coffee():
+    """scikit-image's coffee photo (400 x 600 RGB) as a PIL image."""
+    try:
+        from PIL import Image
+        from skimage import data
+    except ImportError:
+        raise InputError("the VGG-16 demo needs scikit-image and Pillow: pip install 'lrp_onnx[demo]'") from None
+    return Image.fromarray(data.coffee())
+
+
+def tutorial_layer_tensors(model) -> dict:
+    """{tutorial layer index: tensor name} for an exported torchvision VGG-16 (``model``: the
+    explainer's graph, whose forward part keeps the export's node names)."""
+    found = {}
+    for layer, prefix in TUTORIAL_LAYERS.items():
+        node = next((n for n in model.graph.node if n.name.startswith(prefix)), None)
+        if node is None:
+            raise ModelError(f"no node {prefix}* in the exported VGG-16")
+        found[layer] = node.input[0]
+    return found
+
+
+WARNING = ("WARNING: VGG-16 has seeded RANDOM weights, the heatmaps show an UNTRAINED network; "
+           "give --weights vgg16-397923af.pth (torchvision's IMAGENET1K_V1) for the tutorial's figure")
+
+
+def run_vgg16(out_dir: str, weights=None) -> list:
+    """Export VGG-16 (``weights``: a torchvision state dict file, None: seeded random weights)
+    and explain the coffee photo with it (``explain_vgg16``)."""
+    import tempfile
+
+    module = _vgg16(weights)
+    if weights is None:
+        print(WARNING)
+    import torch
+
+    from exporters.pytorch import export_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_module(module, torch.randn(1, 3, 224, 224), os.path.join(tmp, "vgg16.onnx"))
+        written = explain_vgg16(path, out_dir)
+    if weights is None:
+        print(WARNING)
+    return written
+
+
+def explain_vgg16(path, out_dir: str) -> list:
+    """Explain the coffee photo's top class with an exported torchvision VGG-16 and
+    ``tutorial_vgg16``; print the top 10 classes; write the pixel heatmap and the heatmaps of
+    the tutorial's layers 31, 21, 11, 1 (relevance summed over channels)."""
+    import torchvision
+
+    spec = PRESETS["imagenet"]
+    x, photo = image_to_input(coffee(), spec, fit(spec, (1, 3, 224, 224)))
+    explainer = Explainer(path, composite="tutorial_vgg16")
+    tensors = tutorial_layer_tensors(explainer.model)
+    res = explainer.explain(x[None], layers=tuple(tensors.values()))
+
+    names = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"]
+    scores = res.output[0]
+    for k in np.argsort(-scores)[:10]:
+        print(f"{names[k][:20]:>20s} ({k:3d}): {scores[k]:6.3f}")
+    os.makedirs(out_dir, exist_ok=True)
+    pixels = os.path.join(out_dir, "vgg16_heatmap.png")
+    write_png(pixels, grid([[photo, tutorial_heatmap(channel_sum(res.relevance[0]))]]))
+    maps = [channel_sum(res.layers[tensors[l]][0]) for l in TUTORIAL_LAYERS]
+    layers = os.path.join(out_dir, "vgg16_layers.png")
+    write_png(layers, grid([[upscale(tutorial_heatmap(m), 224 // m.shape[0]) for m in maps]]))
+    print(f"explained class {int(res.target[0])} ({names[int(res.target[0])]}); "
+          f"relevance conserved {float(res.conservation[0]):.3f}")
+    print(f"wrote {pixels} (photo | pixel relevance) and {layers} (layers {', '.join(map(str, TUTORIAL_LAYERS))})")
+    return [pixels, layers]
