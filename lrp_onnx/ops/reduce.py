@@ -32,7 +32,11 @@ def reduced_axes(ctx, node):
 
 @register("ReduceMean", "ReduceSum", family="avgpool", data_slots=(0,))
 def reduce_linear(ctx, node, rule, relevance):
-    """z = sum (or mean) over the axes; f^T(s) = s (or s/n) broadcast back over them."""
+    """z = sum (or mean) over the axes; f^T(s) = s (or s/n) broadcast back over them.
+
+    The rule sees the reduction with keepdims=1 (R reshaped to the kept shape), so z has the
+    input's rank, as propagate_linear's per-sample statistics (relative epsilon) expect. No
+    axes (noop_with_empty_axes=1) is the identity map."""
     b = ctx.builder
     axes = reduced_axes(ctx, node)
     keepdims = attributes(node).get("keepdims", 1)
@@ -42,11 +46,15 @@ def reduce_linear(ctx, node, rule, relevance):
     factor = b.const(1.0 / count if node.op_type == "ReduceMean" else 1.0)
 
     def forward(x, w, c):
-        return b.reduce(node.op_type, x, axes, keepdims=keepdims, hint="z_reduce")
+        if not axes:
+            return x
+        return b.reduce(node.op_type, x, axes, keepdims=1, hint="z_reduce")
 
     def transpose(s, w):
-        kept = b.op("Reshape", [s, kept_shape], "s_kept") if not keepdims else s
-        return b.op("Expand", [b.op("Mul", [kept, factor], "s_reduce"), ctx.shape_of(node.input[0])], "c_reduce")
+        return b.op("Expand", [b.op("Mul", [s, factor], "s_reduce"), ctx.shape_of(node.input[0])], "c_reduce")
 
-    layer = LinearLayer(node.name, node.input[0], node.output[0], forward, transpose)
-    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+    r = relevance[node.output[0]]
+    if not keepdims:
+        r = b.op("Reshape", [r, kept_shape], "r_kept")
+    layer = LinearLayer(node.name, node.input[0], node.output[0], forward, transpose, reuse_output=bool(keepdims))
+    return [(node.input[0], propagate_linear(ctx, layer, rule, r))]

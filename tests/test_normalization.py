@@ -1,0 +1,191 @@
+"""lrp_onnx/ops/normalization.py: an unfoldable BatchNormalization as a per-channel affine layer
+with a rule (family "norm"), LayerNormalization as the identity.
+
+Oracle (float64, written here from the ONNX definition of BatchNormalization in inference mode):
+y = s x + t per channel, s = scale / sqrt(var + eps), t = B - mean s. With R = y * mask:
+
+    LRP0 / Epsilon   R_x = x s R / incr(s x + t)             (zero_bias: incr(s x))
+    ZPlus            z = x+ s+ + x- s- + t+,  R_x = (x+ s+ + x- s-) R / incr(z)
+    Pass             R_x = R
+    incr(z) = z + epsilon sgn(z), sgn(0) = +1.
+
+A composite without a "norm" predicate gives the BatchNormalization Epsilon(1e-6)
+(composites.UNCOUNTED_FAMILIES); Family("norm") picks another rule.
+
+Data: x = +-U(1, 2), |s| in [0.5, 1.6], |t| < 0.53, so |s x + t| >= 0.1 (asserted) and float32
+rounding moves R by < 1e-5 relative. Tolerance: rtol 1e-4, atol 1e-5 * max|oracle|.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lrp_onnx
+from lrp_onnx import Composite, Family
+from lrp_onnx.composites import UNCOUNTED_FAMILIES, Index, Name
+from lrp_onnx.rules import LRP0, Epsilon, Pass, ZPlus
+
+RTOL, ATOL_SCALE = 1e-4, 1e-5
+BN_EPS = 1e-3
+
+
+def assert_close(actual, reference, what=""):
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape, (actual.shape, reference.shape)
+    scale = float(np.abs(reference).max()) or 1.0
+    np.testing.assert_allclose(actual, reference, rtol=RTOL, atol=ATOL_SCALE * scale, err_msg=what)
+
+
+def model_of(nodes, x_shape, y_shape, params, opset=17):
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def bn_params(rng, c):
+    """Statistics with |s| in [0.5, 1.6] (both signs) and |t| < 0.53."""
+    var = rng.uniform(0.5, 2.0, size=c)
+    s = rng.choice([-1, 1], size=c) * rng.uniform(0.5, 1.6, size=c)
+    scale = s * np.sqrt(var + BN_EPS)
+    mean = rng.uniform(-0.2, 0.2, size=c)
+    bias = rng.uniform(-0.2, 0.2, size=c)      # t = bias - mean s: |t| <= 0.2 + 0.2 * 1.6 < 0.53
+    return {"scale": scale, "B": bias, "mean": mean, "var": var}
+
+
+def affine(params, rank):
+    """(s, t) per channel in float64 from the float32 parameters, shaped to broadcast at ``rank``."""
+    p = {k: v.astype(np.float32).astype(np.float64) for k, v in params.items()}
+    s = p["scale"] / np.sqrt(p["var"] + np.float64(np.float32(BN_EPS)))
+    t = p["B"] - p["mean"] * s
+    shape = (1, -1) + (1,) * (rank - 2)
+    return s.reshape(shape), t.reshape(shape)
+
+
+def incr(z, epsilon):
+    return z + epsilon * np.where(z >= 0, 1.0, -1.0)
+
+
+def oracle(rule, a, s, t, mask):
+    """R_x of ``rule`` on y = s a + t with R = y * mask (module doc)."""
+    r = (s * a + t) * mask
+    if isinstance(rule, Pass):
+        return r
+    if isinstance(rule, (LRP0, Epsilon)):
+        z = s * a + (0 if rule.zero_bias else t)
+        return a * s * r / incr(z, rule.epsilon)
+    if isinstance(rule, ZPlus):
+        contrib = np.maximum(a, 0) * np.maximum(s, 0) + np.minimum(a, 0) * np.minimum(s, 0)
+        return contrib * r / incr(contrib + np.maximum(t, 0), rule.epsilon)
+    raise AssertionError(rule)
+
+
+def bn_node(inp="x", out="y"):
+    return helper.make_node("BatchNormalization", [inp, "scale", "B", "mean", "var"], [out], name="bn", epsilon=BN_EPS)
+
+
+def signed_uniform(rng, shape):
+    return (rng.choice([-1.0, 1.0], size=shape) * rng.uniform(1.0, 2.0, size=shape)).astype(np.float32)
+
+
+#: (composite rules, the rule the BatchNormalization must get)
+COMPOSITES = {
+    "default": (((Family("all"), LRP0()),), UNCOUNTED_FAMILIES["norm"]),
+    "norm_lrp0": (((Family("norm"), LRP0()), (Family("all"), Epsilon())), LRP0()),
+    "norm_lrp0_zero_bias": (((Family("norm"), LRP0(zero_bias=True)),), LRP0(zero_bias=True)),
+    "norm_epsilon_big": (((Family("norm"), Epsilon(0.25)),), Epsilon(0.25)),
+    "norm_zplus": (((Family("norm"), ZPlus()),), ZPlus()),
+    "norm_pass": (((Family("all"), LRP0()), (Family("norm"), Pass())), Pass()),
+}
+
+
+def test_default_rule_is_epsilon_1e_6():
+    assert UNCOUNTED_FAMILIES["norm"] == Epsilon(1e-6)
+
+
+@pytest.mark.parametrize("composite_id", list(COMPOSITES))
+@pytest.mark.parametrize("x_shape", [(3,), (3, 4), (3, 2, 3)])
+def test_batchnorm_on_the_input(x_shape, composite_id):
+    """x -> BatchNormalization -> y (nothing to fold it into), ranks 2, 3 and 4."""
+    rng = np.random.default_rng(0)
+    pairs, rule = COMPOSITES[composite_id]
+    c = x_shape[0]
+    params = bn_params(rng, c)
+    ex = lrp_onnx.Explainer(model_of([bn_node()], x_shape, x_shape, params), Composite(pairs, "winner", composite_id))
+    assert ex.rules == {"bn": rule}
+    x = signed_uniform(rng, (2, *x_shape))
+    mask = rng.normal(size=x.shape)
+    s, t = affine(params, len(x_shape) + 1)
+    a = x.astype(np.float64)
+    assert np.abs(s * a + t).min() > 0.1, "ill-conditioned data"
+    res = ex.explain(x, target=mask.astype(np.float32))
+    assert_close(res.output, s * a + t, "forward")
+    assert_close(res.relevance, oracle(rule, a, s, t, mask), "R_x")
+
+
+@pytest.mark.parametrize("composite_id", ["default", "norm_zplus", "norm_pass"])
+def test_batchnorm_after_concat(composite_id):
+    """x (N,2,H,W) -> Concat(x, Relu(x)) -> BatchNormalization -> y: the BN stays (its producer is
+    a Concat); R_cat from the oracle, R_x = R_cat[:, :2] + R_cat[:, 2:] (Relu passes)."""
+    rng = np.random.default_rng(1)
+    pairs, rule = COMPOSITES[composite_id]
+    params = bn_params(rng, 4)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Concat", ["x", "r"], ["cat"], name="cat", axis=1), bn_node("cat")]
+    ex = lrp_onnx.Explainer(model_of(nodes, (2, 3, 3), (4, 3, 3), params), Composite(pairs, "winner", composite_id))
+    assert ex.rules == {"bn": rule}
+    x = signed_uniform(rng, (2, 2, 3, 3))
+    mask = rng.normal(size=(2, 4, 3, 3))
+    res = ex.explain(x, target=mask.astype(np.float32), layers=("cat",))
+    a = np.concatenate([x, np.maximum(x, 0)], axis=1).astype(np.float64)
+    s, t = affine(params, 4)
+    r_cat = oracle(rule, a, s, t, mask)
+    assert_close(res.layers["cat"], r_cat, "R_cat")
+    assert_close(res.relevance, r_cat[:, :2] + r_cat[:, 2:], "R_x")
+
+
+def test_norm_rule_by_name_and_index_does_not_count_it():
+    """The BatchNormalization is not counted by Index: Index(0, 1) is the Gemm after it."""
+    rng = np.random.default_rng(2)
+    params = {**bn_params(rng, 3), "W": rng.normal(size=(2, 3))}
+    nodes = [bn_node("x", "h"), helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
+    composite = Composite(((Index(0, 1), Epsilon(0.5)), (Name("^bn$"), Pass())), "winner", "by_name")
+    ex = lrp_onnx.Explainer(model_of(nodes, (3,), (2,), params), composite)
+    assert ex.rules == {"fc": Epsilon(0.5), "bn": Pass()}
+
+
+@pytest.mark.parametrize("x_shape,axis", [((6,), -1), ((2, 5), -1), ((2, 5), 1)])
+def test_layernorm_is_the_identity(x_shape, axis):
+    """x -> LayerNormalization(scale, bias) -> y: R_x = R = y * mask; behind it a Gemm (LRP-0)
+    the relevance at its input is the relevance at its output."""
+    rng = np.random.default_rng(3)
+    first = axis % (len(x_shape) + 1)          # the first normalized axis of (N, *x_shape)
+    norm_shape = x_shape[first - 1:]
+    params = {"g": rng.normal(size=norm_shape), "b": rng.normal(size=norm_shape)}
+    node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], name="ln", axis=axis, epsilon=1e-5)
+    ex = lrp_onnx.Explainer(model_of([node], x_shape, x_shape, params), Composite(((Family("all"), LRP0()),)))
+    x = rng.normal(size=(2, *x_shape)).astype(np.float32)
+    mask = rng.normal(size=x.shape)
+    res = ex.explain(x, target=mask.astype(np.float32))
+    xs = x.astype(np.float64)
+    red = tuple(range(first, 1 + len(x_shape)))
+    g, b = (params[k].astype(np.float32).astype(np.float64) for k in ("g", "b"))
+    y = (xs - xs.mean(axis=red, keepdims=True)) / np.sqrt(xs.var(axis=red, keepdims=True) + 1e-5) * g + b
+    assert_close(res.output, y, "forward")
+    assert_close(res.relevance, y * mask, "R_x")
+
+    # behind a Gemm: R at the LayerNormalization's input equals R at its output
+    params["W"] = rng.normal(size=(3, int(np.prod(x_shape))))
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], name="ln", axis=axis, epsilon=1e-5),
+             helper.make_node("Flatten", ["h"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W"], ["y"], name="fc", transB=1)]
+    ex = lrp_onnx.Explainer(model_of(nodes, x_shape, (3,), params), Composite(((Family("all"), LRP0()),)))
+    res = ex.explain(x, target=1, layers=("h",))
+    np.testing.assert_array_equal(res.relevance, res.layers["h"])
+    yf = y.reshape(2, -1)
+    z = yf @ params["W"].astype(np.float32).astype(np.float64).T
+    r = np.zeros_like(z)
+    r[:, 1] = z[:, 1]
+    expected = yf * ((r / incr(z, 1e-9)) @ params["W"].astype(np.float32).astype(np.float64))
+    assert_close(res.relevance.reshape(2, -1), expected, "R_x behind a Gemm")
