@@ -15,33 +15,39 @@ from exporters.digits import digits_28x28, mlp_onnx, onnx_accuracy, split, train
 from lrp_onnx.files import write_atomically
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DOC = {
-    "mlp": "784-300-100-10 ReLU MLP (the LRP tutorial's). Input 'x': float32 (N, 784), a 28x28 "
-           "digit row-major, values in [-1, 1] (-1 background). Output 'logits' (N, 10).",
-    "cnn": "Conv3x3(8)-ReLU-MaxPool2-Conv3x3(16)-ReLU-MaxPool2-Linear(784, 10). Input 'input': "
-           "float32 (N, 1, 28, 28) NCHW, values in [-1, 1] (-1 background). Output 'logits' (N, 10).",
-}
+INPUT = "values in [-1, 1] (-1 background), scikit-learn digits at 28x28. Output 'logits' (N, 10)."
 
 
-def build_mlp(x, y, train, epochs=30, seed=0):
-    """The trained MLP as an onnx.ModelProto with its description in doc_string."""
-    model = mlp_onnx(train_mlp(x[train], y[train], epochs=epochs, seed=seed))
-    model.doc_string = DOC["mlp"]
+def mlp_doc(sizes) -> str:
+    return (f"{'-'.join(map(str, sizes))} ReLU MLP. Input 'x': float32 "
+            f"(N, {sizes[0]}), a 28x28 digit row-major, {INPUT}")
+
+
+def cnn_doc(channels) -> str:
+    c1, c2 = channels
+    return (f"Conv3x3({c1})-ReLU-MaxPool2-Conv3x3({c2})-ReLU-MaxPool2-Linear({c2 * 49}, 10). Input 'input': "
+            f"float32 (N, 1, 28, 28) NCHW, {INPUT}")
+
+
+def build_mlp(x, y, train, sizes=(784, 300, 100, 10), epochs=30, seed=0):
+    """The trained MLP as an onnx.ModelProto, its input format in doc_string."""
+    model = mlp_onnx(train_mlp(x[train], y[train], sizes=sizes, epochs=epochs, seed=seed))
+    model.doc_string = mlp_doc(sizes)
     return model
 
 
-def write_cnn(path, x, y, train, epochs=15, seed=0):
+def write_cnn(path, x, y, train, channels=(8, 16), epochs=15, seed=0):
     """Train the CNN and export it (checked against torch by export_module) to ``path``."""
     import torch
 
     from exporters.pytorch import export_module
 
-    module = train_cnn(x[train], y[train], epochs=epochs, seed=seed)
+    module = train_cnn(x[train], y[train], epochs=epochs, seed=seed, channels=channels)
 
     def write(tmp):
         export_module(module, torch.from_numpy(x[:2].reshape(-1, 1, 28, 28)), tmp)
         model = onnx.load(tmp)
-        model.doc_string = DOC["cnn"]
+        model.doc_string = cnn_doc(channels)
         onnx.save(model, tmp)
 
     write_atomically(path, write)
