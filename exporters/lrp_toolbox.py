@@ -27,7 +27,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,7 +51,7 @@ class ToolboxLayer:
     line: int
     weights: Optional[np.ndarray] = None
     bias: Optional[np.ndarray] = None
-    name: str = field(default="")
+    name: str = ""
 
     @property
     def window(self) -> Tuple[int, int, int, int]:

@@ -10,6 +10,7 @@ import pytest
 import lrp_onnx
 from exporters import ExportError
 from exporters.lrp_toolbox import main, parse, read, to_onnx, toolbox_composite
+from lrp_onnx.rules import AlphaBeta, Epsilon
 
 from conftest import SHARED_DATA
 
@@ -143,7 +144,11 @@ def test_lenet5_relevance_equals_toolbox_rules(lenet, rule):
     layers, path, x, _ = lenet
     composite = toolbox_composite(layers, rule[0], **({"epsilon": rule[1]} if rule[0] == "epsilon" else {"alpha": rule[1]}))
     explainer = lrp_onnx.Explainer(path, composite=composite)
-    assert set(explainer.rules) == {l.name for l in layers if l.kind in ("Convolution", "SumPool")}
+    if rule[0] == "epsilon":   # eps on the toolbox's unscaled SumPool sum: eps / sqrt(2*2) on the Conv
+        expected_rules = {l.name: Epsilon(0.5 if l.kind == "SumPool" else 1.0) for l in layers if l.kind in ("Convolution", "SumPool")}
+    else:
+        expected_rules = {l.name: AlphaBeta(2.0, 1.0, epsilon=1e-16) for l in layers if l.kind in ("Convolution", "SumPool")}
+    assert explainer.rules == expected_rules
     got = explainer.explain(x[:10]).relevance
     expected = toolbox_lrp(layers, x[:10].astype(np.float64), rule)
     scale = np.abs(expected).max()
@@ -154,13 +159,10 @@ def test_lenet5_relevance_equals_toolbox_rules(lenet, rule):
 def test_sumpool_epsilon_needs_the_rescaled_epsilon(lenet):
     """Plain Epsilon(1) on the SumPool Convs puts eps on the scaled sum and differs from the
     toolbox: the per-SumPool epsilon of toolbox_composite is what makes the two agree."""
-    from lrp_onnx.rules import Epsilon
-
     layers, path, x, _ = lenet
     got = lrp_onnx.Explainer(path, composite={"maxpool": "winner", "rules": [{"where": "all", "rule": {"rule": "Epsilon", "epsilon": 1.0}}]}).explain(x[:4]).relevance
     expected = toolbox_lrp(layers, x[:4].astype(np.float64), ("epsilon", 1.0))
     assert np.abs(got - expected).max() > 1e-2 * np.abs(expected).max()
-    assert Epsilon(0.5) in toolbox_composite(layers).rules[0]
 
 
 # ---- a synthetic model with the other layer types ------------------------------------------
@@ -195,7 +197,9 @@ def test_small_model_with_every_layer_kind(tmp_path, rule):
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(session.run(None, {"input": x.astype(np.float32)})[0], probabilities, rtol=1e-5, atol=1e-6)
     composite = toolbox_composite(layers, rule[0], **({"epsilon": rule[1]} if rule[0] == "epsilon" else {"alpha": rule[1]}))
-    res = lrp_onnx.Explainer(model, composite=composite).explain(x.astype(np.float32))
+    explainer = lrp_onnx.Explainer(model, composite=composite)
+    assert "maxpool2" not in explainer.rules   # winner-take-all, as the toolbox's MaxPool LRP
+    res = explainer.explain(x.astype(np.float32))
     np.testing.assert_allclose(res.output, logits, rtol=1e-5, atol=1e-5)
     expected = toolbox_lrp(layers, x, rule)
     assert np.abs(res.relevance - expected).max() <= 1e-4 * np.abs(expected).max()
