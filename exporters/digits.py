@@ -9,7 +9,10 @@ CNN (torch). Both are deterministic for a given seed on a given machine.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 N_TRAIN = 1500
@@ -131,7 +134,7 @@ def onnx_accuracy(path_or_model, x, y) -> float:
     """The fraction of x that the ONNX model (one input) classifies as y, in onnxruntime."""
     import onnxruntime as ort
 
-    source = path_or_model if isinstance(path_or_model, str) else path_or_model.SerializeToString()
+    source = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else os.fspath(path_or_model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     shape = [d if isinstance(d, int) else len(x) for d in session.get_inputs()[0].shape]
     logits = session.run(None, {session.get_inputs()[0].name: np.asarray(x, np.float32).reshape(shape)})[0]

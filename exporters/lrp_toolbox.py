@@ -240,7 +240,7 @@ def to_onnx(layers: Sequence[ToolboxLayer], input_shape: Optional[Sequence[int]]
     if nchw:   # a model that ends spatially returns NHWC, as the toolbox does
         nodes.append(helper.make_node("Transpose", [current], ["output"], name="to_nhwc", perm=[0, 2, 3, 1]))
     else:
-        nodes.append(helper.make_node("Identity", [current], ["output"], name="output"))
+        nodes[-1].output[0] = "output"
     graph = helper.make_graph(
         nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *input_shape])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *shapes[-1]])], inits)

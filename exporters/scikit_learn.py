@@ -63,7 +63,7 @@ def _cut_at_logits(full: onnx.ModelProto, out_op: str, classes: int) -> onnx.Mod
     nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in _ancestors(full.graph, logits)]
     renamed = {logits: "logits"}
     for node in [n for n in nodes if n.op_type == "Cast" and list(n.input) == ["input"]]:
-        if onnx.helper.get_attribute_value(node.attribute[0]) == onnx.TensorProto.FLOAT:
+        if {a.name: a.i for a in node.attribute}.get("to") == onnx.TensorProto.FLOAT:
             renamed[node.output[0]] = "input"
             nodes.remove(node)
     for node in nodes:

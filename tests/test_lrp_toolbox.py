@@ -235,3 +235,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert not out.exists()
     assert main([str(tmp_path / "missing.txt"), "-o", str(out)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_spatial_output_stays_nhwc():
+    """A model without Flatten returns the toolbox's NHWC tensor; an explicit input shape."""
+    layers = parse(_format([("Convolution", (3, 3, 1, 2, 1, 1)), ("Rect", ())], np.random.default_rng(3)))
+    model = to_onnx(layers, (6, 5, 1))
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 6, 5, 1))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.astype(np.float32)})[0]
+    assert got.shape == (2, 4, 3, 2)
+    np.testing.assert_allclose(got, toolbox_forward(layers, x)[-1], rtol=1e-5, atol=1e-6)

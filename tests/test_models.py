@@ -64,4 +64,4 @@ def test_cnn_training_is_deterministic(digits, tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
-    assert onnx_accuracy(str(paths[0]), x[test], y[test]) >= 0.85
+    assert onnx_accuracy(paths[0], x[test], y[test]) >= 0.85
