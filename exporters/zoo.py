@@ -28,26 +28,29 @@ ZOO = {
 FULL_SIZE = {name: 299 if name == "inception_v3" else 224 for name in ZOO}
 
 
-def zoo_module(name: str, seed: int = 0, calibration_size: int = 64):
+def zoo_module(name: str, seed: int = 0, size: int = None):
     """torchvision's ``name`` in eval mode: torch.manual_seed(seed) random weights, then every
-    BatchNorm's running mean/variance re-estimated (cumulative average) from four forward
-    passes in train mode on seeded N(0, 1) images."""
+    BatchNorm's running mean/variance re-estimated (cumulative average) from forward passes on
+    seeded N(0, 1) images of ``size`` (default ``ZOO[name]``), with only the BatchNorms in train
+    mode (dropout and stochastic depth as at inference). Inception/GoogLeNet are built without
+    their auxiliary classifiers, which inference never runs."""
     import torch
     import torchvision
 
     if name not in ZOO:
         raise ValueError(f"{name!r} is not in the zoo; choose from {', '.join(ZOO)}")
     torch.manual_seed(seed)
-    module = torchvision.models.get_model(name, weights=None)
+    options = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    module = torchvision.models.get_model(name, weights=None, **options).eval()
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
     if norms:
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None
-        size = max(calibration_size, ZOO[name])
-        module.train()
+        size = size or ZOO[name]
         with torch.no_grad():
-            for _ in range(4):
+            for _ in range(3):
                 module(torch.randn(8, 3, size, size))
     return module.eval()
 
@@ -58,7 +61,7 @@ def export_zoo_model(name: str, path, size: int = None, seed: int = 0) -> str:
     import torch
 
     size = size or ZOO[name]
-    module = zoo_module(name, seed)
+    module = zoo_module(name, seed, size)
     torch.manual_seed(seed)
     example = torch.randn(1, 3, size, size)
     write_atomically(path, lambda tmp: export_module(module, example, tmp))
