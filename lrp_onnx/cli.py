@@ -1,4 +1,4 @@
-"""The ``lrp-onnx`` command line: demo, explain, compile, inspect.
+"""The ``lrp-onnx`` command line: demo, explain, compile, inspect, evaluate.
 
 Errors of the user's making (files, models, inputs, targets, composites) exit with code 2 and
 one line; anything else with code 1 and one line; ``--debug`` shows the traceback instead.
@@ -236,6 +236,59 @@ def _explain(args):
             _progress(min(start + args.batch_size, total), total)
 
 
+def _load_data(path: str, targets):
+    """DATA: an .npy of inputs, or an .npz with ``x`` and optionally ``target`` (or ``y``);
+    ``targets``: None, 'pred' or an .npy of one class per sample (overrides the .npz's)."""
+    def load(file):
+        try:
+            return np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {file}: {exc}") from None
+
+    data = load(path)
+    target = None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        if "x" not in data.files:
+            raise InputError(f"{path}: an .npz needs an array 'x' (inputs), optionally 'target' or 'y'; has {data.files}")
+        x = data["x"]
+        target = data["target"] if "target" in data.files else (data["y"] if "y" in data.files else None)
+    else:
+        x = data
+    if targets == "pred":
+        target = None
+    elif targets is not None:
+        target = load(targets)
+    if target is not None:
+        target = np.asarray(target).reshape(-1)
+        if target.dtype.kind == "f" and np.all(target == np.round(target)):
+            target = target.astype(np.int64)
+    return x, target
+
+
+def _evaluate(args):
+    from . import evaluate
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InputError("--methods is empty")
+    x, target = _load_data(args.data, args.targets)
+    perturbation = evaluate.Perturbation(
+        patch=args.patch, steps=args.steps, per_step=args.per_step, replacement=args.replacement, value=args.value,
+        low=args.low, high=args.high, sigma=args.sigma, seed=args.seed)
+    try:
+        image_shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
+    except ValueError:
+        raise InputError(f"--image-shape must be HxW, e.g. 28x28, got {args.image_shape!r}") from None
+    results = evaluate.compare(args.model, x, methods, target=target, perturbation=perturbation, layout=args.layout,
+                               image_shape=image_shape, normalize=args.normalize, batch_size=args.batch_size,
+                               providers=args.providers)
+    title = (f"{os.path.basename(args.model)}: {len(x)} inputs, {args.patch}x{args.patch} patches, {args.replacement}"
+             + (f" {args.value:g}" if args.replacement == "constant" else ""))
+    paths = evaluate.write_report(results, args.out, title)
+    print(evaluate.table_markdown(results), end="")
+    print(f"wrote {paths['plot']}, {paths['markdown']}, {paths['csv']}")
+
+
 def parser() -> argparse.ArgumentParser:
     from .render import COLORMAPS
 
@@ -277,6 +330,31 @@ def parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="list the nodes that carry relevance, their rules, unsupported ops")
     model_options(inspect)
     inspect.set_defaults(run=_inspect)
+
+    evaluate = sub.add_parser("evaluate", help="explanation quality by pixel flipping: curves PNG, AUC/ABPC tables")
+    evaluate.add_argument("model", help="an ONNX model file (the original model scores the perturbed inputs)")
+    evaluate.add_argument("data", help="an .npy of inputs (N, ...), or an .npz with 'x' and optionally 'target' or 'y'")
+    evaluate.add_argument("--methods", default="epsilon_gamma_box,epsilon_plus_flat,gradient_x_input,random",
+                          help="comma-separated composites (presets, JSON files), gradient, gradient_x_input, random")
+    evaluate.add_argument("--targets", help="an .npy of one class per sample, or 'pred' (default: the .npz's, else pred)")
+    evaluate.add_argument("--patch", type=int, default=4, help="patch side in pixels (default: 4)")
+    evaluate.add_argument("--steps", type=int, default=16, help="perturbation steps (default: 16)")
+    evaluate.add_argument("--per-step", type=int, default=None, help="patches per step (default: all patches over the steps)")
+    evaluate.add_argument("--replacement", choices=("constant", "uniform", "blur"), default="uniform",
+                          help="what a replaced pixel becomes (default: uniform noise in the data's range)")
+    evaluate.add_argument("--value", type=float, default=0.0, help="constant replacement value (default: 0)")
+    evaluate.add_argument("--low", type=float, default=None, help="uniform noise low (default: the data's min)")
+    evaluate.add_argument("--high", type=float, default=None, help="uniform noise high (default: the data's max)")
+    evaluate.add_argument("--sigma", type=float, default=2.0, help="blur standard deviation in pixels (default: 2)")
+    evaluate.add_argument("--seed", type=int, default=0, help="noise, tie-breaking and random baseline seed")
+    evaluate.add_argument("--layout", choices=("NCHW", "NHWC", "NHW", "flat"), default=None,
+                          help="input layout (default: guessed from the shape)")
+    evaluate.add_argument("--image-shape", help="flat inputs: HxW (default: square)")
+    evaluate.add_argument("--normalize", action="store_true", help="divide each curve by the unperturbed score")
+    evaluate.add_argument("--batch-size", type=int, default=2048, help="perturbed inputs per onnxruntime run (default: 2048)")
+    evaluate.add_argument("--providers", nargs="+", metavar="PROVIDER", help="onnxruntime execution providers")
+    evaluate.add_argument("--out", default="quality_out", help="output folder (default: quality_out)")
+    evaluate.set_defaults(run=_evaluate)
     return top
 
 

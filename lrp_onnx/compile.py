@@ -19,9 +19,10 @@ from onnx import TensorProto, helper
 
 from . import ops
 from .builder import GraphBuilder
+from .ops import gradient as gradient_ops
 from .canonicalize import canonicalize
 from .composites import CompositeLike, Layer, resolve_composite
-from .errors import InputError, ModelError, UnsupportedOpError
+from .errors import CompositeError, InputError, ModelError, UnsupportedOpError
 from .files import write_atomically
 from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
 from .load import PROTOBUF_LIMIT, ModelLike, default_opset, infer_shapes, load_model, serialized_size
@@ -197,9 +198,10 @@ def check_layer_names(requested: Sequence[str], available: Sequence[str]) -> Non
         raise InputError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {', '.join(available)}")
 
 
-def _initial_relevance(ctx: Context) -> str:
+def _initial_relevance(ctx: Context, gradient: bool = False) -> str:
     """output * mask, where NaN entries of the mask take the one-hot of each sample's arg-max
-    (the predicted class): R at the top of the network (tutorial: R[L] = A[L] * T)."""
+    (the predicted class): R at the top of the network (tutorial: R[L] = A[L] * T). In
+    gradient mode the mask itself: the gradient of the score sum(output * mask)."""
     b, out = ctx.builder, ctx.graph.output
     flat = b.op("Flatten", [out], "out_flat", axis=1)
     classes = b.op("Shape", [flat], "out_classes", start=1)
@@ -207,7 +209,7 @@ def _initial_relevance(ctx: Context) -> str:
     hot = b.op("OneHot", [predicted, classes, b.const([0.0, 1.0], "onehot_values")], "pred_onehot", axis=-1)
     mask = b.op("Where", [b.op("IsNaN", [MASK_INPUT], "mask_nan"), b.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask"),
                           MASK_INPUT], "mask")
-    return b.op("Mul", [out, mask], "r_top")
+    return mask if gradient else b.op("Mul", [out, mask], "r_top")
 
 
 def compile_explainer(
@@ -221,6 +223,9 @@ def compile_explainer(
     mode = maxpool or composite.maxpool
     if mode not in ("winner", "avg"):
         raise ModelError(f"maxpool must be 'winner' or 'avg', got {mode!r}")
+    gradient = composite.method != "lrp"   # "gradient" / "gradient_x_input": VJPs instead of rules
+    if gradient and mode != "winner":
+        raise CompositeError(f"{composite.method}: the gradient of MaxPool is winner-take-all; maxpool={mode!r} does not apply")
     prepared = model if isinstance(model, Prepared) else prepare(model)
     mg, sub, passes = prepared.graph, prepared.subgraph, prepared.passes
     rules = composite.assign(layers_of(mg, sub), mode)
@@ -235,7 +240,13 @@ def compile_explainer(
     ctx = Context(mg, builder, mode, {node.name: node for node in graph.node}, sub.tensors)
 
     incoming: Dict[str, List[str]] = defaultdict(list)
-    incoming[mg.output].append(_initial_relevance(ctx))
+    if gradient:   # every op must have a VJP: list all that lack one before building anything
+        missing = [mg.nodes[n] for n in sub.nodes if mg.nodes[n].op_type not in gradient_ops.GRADIENT_HANDLERS]
+        if missing:
+            raise UnsupportedOpError(
+                f"no gradient (vector-Jacobian product) for node(s) "
+                f"{', '.join(f'{n.name!r} ({n.op_type})' for n in missing)}; ops with one: {', '.join(gradient_ops.supported())}")
+    incoming[mg.output].append(_initial_relevance(ctx, gradient))
     summed: Dict[str, str] = {}
 
     def relevance_of(tensor: str) -> str:
@@ -250,12 +261,16 @@ def compile_explainer(
         relevance = {t: relevance_of(t) for t in node.output if t in sub.tensors and incoming.get(t)}
         if not relevance:   # nothing flows back through this node (it only feeds gates)
             continue
-        for tensor, r in ops.handler_for(node).propagate(ctx, node, rules.get(name), relevance):
+        propagate = gradient_ops.handler_for(node) if gradient else ops.handler_for(node).propagate
+        for tensor, r in propagate(ctx, node, rules.get(name), relevance):
             incoming[tensor].append(r)
 
     outputs = {RELEVANCE_OUTPUT: mg.data_input, **{LAYER_PREFIX + t: t for t in layers}}
     for name, tensor in outputs.items():
-        builder.nodes.append(helper.make_node("Identity", [relevance_of(tensor)], [name], name=builder.fresh("node_out")))
+        result = relevance_of(tensor)
+        if composite.method == "gradient_x_input":   # x * dscore/dx (and a * dscore/da for layers)
+            result = builder.op("Mul", [tensor, result], "g_times_input")
+        builder.nodes.append(helper.make_node("Identity", [result], [name], name=builder.fresh("node_out")))
     graph.node.extend(builder.nodes)
     used = {name for node in builder.nodes for name in node.input}
     graph.initializer.extend(t for t in builder.initializers if t.name in used)   # e.g. a bias only a rule reads

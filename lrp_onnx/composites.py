@@ -17,13 +17,16 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 
 from .errors import CompositeError
-from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus, rule_from_dict
+from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Gradient, Rule, ZBox, ZPlus, rule_from_dict
 
 #: ImageNet pixel range [0, 1] after torchvision's normalisation, per channel.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_LOW = tuple(float((0 - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
 IMAGENET_HIGH = tuple(float((1 - m) / s) for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+
+#: What a composite computes: LRP relevance, or the gradient baselines (see Composite).
+METHODS = ("lrp", "gradient", "gradient_x_input")
 
 FAMILY_GROUPS = {
     "linear": ("conv", "dense"),
@@ -110,15 +113,22 @@ class First(Predicate):
 @dataclass(frozen=True)
 class Composite:
     """An ordered list of (predicate, rule); the first predicate that matches a layer gives
-    its rule. ``maxpool``: "winner" or "avg"."""
+    its rule. ``maxpool``: "winner" or "avg". ``method``: "lrp" (relevance), or "gradient" /
+    "gradient_x_input" (the gradient of the explained score, times the input for the latter:
+    every layer takes the Gradient rule, activations and sums their derivative; ops/gradient.py)."""
 
     rules: Tuple[Tuple[Predicate, Rule], ...]
     maxpool: str = "winner"
     name: str = "custom"
+    method: str = "lrp"
 
     def __post_init__(self):
         if self.maxpool not in ("winner", "avg"):
             raise CompositeError(f"maxpool must be 'winner' or 'avg', got {self.maxpool!r}")
+        if self.method not in METHODS:
+            raise CompositeError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method != "lrp" and self.maxpool != "winner":
+            raise CompositeError("the gradient of MaxPool is winner-take-all: a gradient method needs maxpool='winner'")
         object.__setattr__(self, "rules", tuple(tuple(pair) for pair in self.rules))
 
     def assign(self, layers: Sequence[Layer], maxpool: Optional[str] = None) -> Dict[str, Rule]:
@@ -137,6 +147,12 @@ class Composite:
                 raise CompositeError(
                     f"composite {self.name!r} has no rule for layer {layer.name!r} ({layer.op_type}, "
                     f"index {layer.index}); add one, e.g. (Family('all'), Epsilon())"
+                )
+            if isinstance(rule, Gradient) != (self.method != "lrp"):
+                raise CompositeError(
+                    f"composite {self.name!r} (method {self.method!r}) gives {layer.name!r} the rule {rule}: "
+                    f"the Gradient rule goes with the methods 'gradient'/'gradient_x_input' (presets of those "
+                    f"names), every LRP rule with method 'lrp'"
                 )
             chosen[layer.name] = rule
         return chosen
@@ -209,9 +225,21 @@ def tutorial_vgg16(low=IMAGENET_LOW, high=IMAGENET_HIGH) -> Composite:
     )
 
 
+def gradient() -> Composite:
+    """Not LRP: the gradient of the explained score with respect to the input, computed in the
+    same compiled graph (a baseline for lrp_onnx.evaluate)."""
+    return Composite(((Family("all", "norm"), Gradient()),), "winner", "gradient", method="gradient")
+
+
+def gradient_x_input() -> Composite:
+    """Not LRP: gradient x input (Shrikumar et al. 2016), the input times the gradient above."""
+    return Composite(((Family("all", "norm"), Gradient()),), "winner", "gradient_x_input", method="gradient_x_input")
+
+
 PRESETS: Dict[str, Callable[..., Composite]] = {
     f.__name__: f
-    for f in (epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, epsilon_alpha2_beta1, tutorial_mlp, tutorial_vgg16)
+    for f in (epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, epsilon_alpha2_beta1, tutorial_mlp, tutorial_vgg16,
+              gradient, gradient_x_input)
 }
 
 
@@ -249,7 +277,7 @@ def composite_from_json(spec: dict) -> Composite:
         raise CompositeError(f"each rule entry needs \"where\" and \"rule\": {exc}") from None
     except ValueError as exc:
         raise CompositeError(str(exc)) from None
-    return Composite(pairs, spec.get("maxpool", "winner"), spec.get("name", "custom"))
+    return Composite(pairs, spec.get("maxpool", "winner"), spec.get("name", "custom"), spec.get("method", "lrp"))
 
 
 def preset(name: str, **options) -> Composite:

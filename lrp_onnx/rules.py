@@ -300,7 +300,18 @@ class Pass(Rule):
         return ()
 
 
-RULES = {cls.__name__: cls for cls in (LRP0, Epsilon, Gamma, ZPlus, AlphaBeta, ZBox, Flat, WSquare, Pass)}
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """Not an LRP rule: the layer's vector-Jacobian product, ``G_in = f^T(G; W)`` (no division
+    by z, no multiplication by a). Used by the "gradient" and "gradient_x_input" methods
+    (composites.gradient), where every layer takes it and activations, sums and scales take
+    their own VJP (ops/gradient.py) instead of passing relevance through."""
+
+    def terms(self):
+        raise TypeError("Gradient is not an LRP rule; it has no terms (propagate_linear short-cuts it)")
+
+
+RULES = {cls.__name__: cls for cls in (LRP0, Epsilon, Gamma, ZPlus, AlphaBeta, ZBox, Flat, WSquare, Pass, Gradient)}
 
 
 def rule_from_dict(spec: dict) -> Rule:

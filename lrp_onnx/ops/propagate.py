@@ -154,6 +154,8 @@ def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
 
 def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
     """R_in of ``layer`` under ``rule`` given the relevance of its output (steps 1-4)."""
+    if isinstance(rule, R.Gradient):   # the layer's vector-Jacobian product (ops/gradient.py)
+        return layer.transpose(relevance, layer.weight_name)
     b = ctx.builder
     terms = rule.terms()
     if not terms:   # Pass
