@@ -15,6 +15,24 @@ from .errors import InputError
 from .load import ModelLike
 
 
+def create_session(model: onnx.ModelProto, providers: Optional[Sequence] = None) -> ort.InferenceSession:
+    """An onnxruntime session of ``model`` on ``providers`` (names or (name, options) pairs, in
+    order of preference; None: every available one). A provider that this onnxruntime lacks,
+    or that fails to start, is an InputError instead of onnxruntime's silent CPU fallback."""
+    available = ort.get_available_providers()
+    wanted = [p if isinstance(p, str) else p[0] for p in providers or ()]
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise InputError(f"execution provider(s) {missing} not available in this onnxruntime "
+                         f"({ort.__version__}); available: {available}")
+    session = ort.InferenceSession(model.SerializeToString(), ort.SessionOptions(), providers=providers or available)
+    failed = [name for name in wanted if name not in session.get_providers()]
+    if failed:
+        raise InputError(f"execution provider(s) {failed} failed to start (see onnxruntime's log); "
+                         f"the session runs on {session.get_providers()}")
+    return session
+
+
 @dataclass
 class Explanation:
     """The result of ``Explainer.explain``.
@@ -79,8 +97,7 @@ class Explainer:
             if with_layers not in self._sessions:
                 compiled = (compile_explainer(self._prepared, self.composite, self.maxpool, self.layer_names)
                             if with_layers else self.compiled)
-                session = ort.InferenceSession(compiled.model.SerializeToString(), ort.SessionOptions(),
-                                               providers=self.providers or ort.get_available_providers())
+                session = create_session(compiled.model, self.providers)
                 self._sessions[with_layers] = (session, compiled)
             return self._sessions[with_layers]
 

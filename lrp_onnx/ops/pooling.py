@@ -13,7 +13,7 @@ from onnx import helper
 
 from ..errors import ModelError
 from .linear import attributes, conv_geometry
-from .propagate import LinearLayer, propagate_linear
+from .propagate import LinearLayer, implies_zeros, propagate_linear
 from .registry import register
 
 
@@ -78,16 +78,27 @@ def max_pool(ctx, node, rule, relevance):
 
 def _winner_take_all(ctx, node, r_out):
     """R_in = scatter-add of R_out onto the arg-max of each window (MaxPool's Indices output,
-    flat indices over the whole N*C*H*W input, ONNX row-major storage order)."""
+    flat indices over the whole N*C*H*W input, ONNX row-major storage order). Disjoint windows
+    (stride >= dilated kernel, as in VGG) have distinct arg-maxes: MaxUnpool places R_out
+    there, faster than ScatterElements."""
     b = ctx.builder
-    if attributes(node).get("storage_order", 0):
+    attrs = attributes(node)
+    if attrs.get("storage_order", 0):
         raise ModelError(f"MaxPool {node.name!r} uses column-major storage_order; not supported")
     indices = ctx.maxpool_indices(node)
-    flat_shape = b.const([-1], "flat", np.int64)
     shape = ctx.shape_of(node.input[0])
-    zeros = b.op("Reshape", [b.op("ConstantOfShape", [shape], "zeros", value=helper.make_tensor("v", 1, [1], [0.0])),
-                             flat_shape], "zeros_flat")
-    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
-                                         b.op("Reshape", [r_out, flat_shape], "r_flat")],
-                     "r_scatter", axis=0, reduction="add")
-    return b.op("Reshape", [scattered, shape], "r_maxpool")
+    kernel = list(attrs["kernel_shape"])
+    pads, strides, dilations, _ = conv_geometry(ctx, node, kernel)
+    if all(s >= d * (k - 1) + 1 for s, k, d in zip(strides, kernel, dilations)):
+        r_in = b.op("MaxUnpool", [r_out, indices, shape], "r_maxpool", kernel_shape=kernel, strides=strides, pads=pads)
+    else:
+        flat_shape = b.const([-1], "flat", np.int64)
+        zeros = b.op("Reshape", [b.op("ConstantOfShape", [shape], "zeros", value=helper.make_tensor("v", 1, [1], [0.0])),
+                                 flat_shape], "zeros_flat")
+        scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
+                                             b.op("Reshape", [r_out, flat_shape], "r_flat")],
+                         "r_scatter", axis=0, reduction="add")
+        r_in = b.op("Reshape", [scattered, shape], "r_maxpool")
+    # an input that is 0 gets relevance only from windows whose maximum is 0
+    implies_zeros(ctx, r_in, node.input[0], r_out, node.output[0])
+    return r_in

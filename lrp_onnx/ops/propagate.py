@@ -11,6 +11,7 @@ modified parameters, and how to run f^T) and the rule's terms do the rest.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -61,6 +62,10 @@ def _bound_constant(ctx, layer: LinearLayer, value, which: str) -> np.ndarray:
     )
 
 
+#: Input modifiers that feed a constant (one sample, broadcast over the batch) to f.
+CONSTANT_INPUTS = (R.LOW, R.HIGH, R.ONES)
+
+
 class _Branches:
     """Caches the modified inputs, parameters and forward outputs of one layer."""
 
@@ -97,12 +102,14 @@ class _Branches:
         if kind == R.NEGATIVE:
             x = b.op("Min", [a, b.const(0.0)], "a_neg")
             return x, x
+        # constant inputs are one sample, broadcast over the batch later: f of a constant is
+        # a constant that onnxruntime folds at session creation instead of running per batch
         if kind in (R.LOW, R.HIGH):
             bound = _bound_constant(self.ctx, self.layer, getattr(self.rule, kind), kind)
-            const = b.const(bound, kind)
-            return b.op("Expand", [const, self.ctx.shape_of(a)], kind), const
+            sample = (1,) + self.ctx.graph.static_shape(a)
+            return b.const(np.broadcast_to(bound, sample), kind), b.const(bound, kind)
         if kind == R.ONES:
-            return b.op("Expand", [b.const(1.0), self.ctx.shape_of(a)], "ones"), None
+            return b.const(np.ones((1,) + self.ctx.graph.static_shape(a), np.float32), "ones"), None
         raise ValueError(f"unknown input modifier {kind!r}")
 
     def params(self, mod: R.ParamMod) -> Tuple[Optional[str], Optional[str]]:
@@ -134,6 +141,17 @@ class _Branches:
         return self._outputs[key]
 
 
+def _signed_sum(builder, parts: List[Tuple[float, str]]) -> str:
+    """sum_b sign_b * out_b."""
+    z = None
+    for sign, out in parts:
+        if z is None:
+            z = out if sign > 0 else builder.op("Neg", [out], "z")
+        else:
+            z = builder.op("Add" if sign > 0 else "Sub", [z, out], "z")
+    return z
+
+
 def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
     """incr(z) = z + (epsilon + relative * rms(z)) * sgn(z)  (see rules.Stabilizer); the rms
     is taken over each sample (all axes but the batch axis 0)."""
@@ -145,11 +163,61 @@ def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
         eps = builder.op("Add", [scaled, eps], "eps") if eps else scaled
     if eps is None:
         return z
-    if stab.signed:
-        sign = builder.op("Where", [builder.op("GreaterOrEqual", [z, builder.const(0.0)], "z_ge0"),
-                                    builder.const(1.0), builder.const(-1.0)], "sgn_z")
-        eps = builder.op("Mul", [eps, sign], "eps_sgn")
+    if stab.signed:   # eps * sgn(z) = 2 eps [z >= 0] - eps, exactly (Where is slow on onnxruntime's CPU)
+        step = builder.op("Cast", [builder.op("GreaterOrEqual", [z, builder.const(0.0)], "z_ge0")], "z_step", to=1)
+        if stab.relative:
+            eps = builder.op("Mul", [eps, builder.op("Sub", [builder.op("Mul", [step, builder.const(2.0)], "sgn_z"),
+                                                                builder.const(1.0)], "sgn_z")], "eps_sgn")
+        else:
+            eps = builder.op("Sub", [builder.op("Mul", [step, builder.const(2 * stab.epsilon)], "eps_sgn"), eps], "eps_sgn")
     return builder.op("Add", [z, eps], "z_stab")
+
+
+_RELEVANCE_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _relevance_graph(builder) -> dict:
+    """The producer of every tensor the builder made so far, and the recorded implications."""
+    graph = _RELEVANCE_GRAPHS.setdefault(builder, {"indexed": 0, "producer": {}, "implied": {}})
+    for node in builder.nodes[graph["indexed"]:]:
+        graph["producer"].update((out, node) for out in node.output)
+    graph["indexed"] = len(builder.nodes)
+    return graph
+
+
+def implies_zeros(ctx, relevance_in: str, tensor_in: str, relevance_out: str, tensor_out: str) -> None:
+    """Record for ``vanishes_where_zero``: ``relevance_in`` is 0 wherever ``tensor_in`` is 0
+    if ``relevance_out`` is 0 wherever ``tensor_out`` is 0 (a handler's R_in from its R_out)."""
+    _relevance_graph(ctx.builder)["implied"][relevance_in] = (tensor_in, relevance_out, tensor_out)
+
+
+def vanishes_where_zero(ctx, relevance: str, tensor: str, depth: int = 16) -> bool:
+    """True when the built tensor ``relevance`` is provably 0 wherever the forward tensor
+    ``tensor`` is 0: it is a product with ``tensor`` (step 4, R_in = a * c), a sum of such,
+    or follows from a recorded implication. False when not provable."""
+    if relevance == tensor:
+        return True
+    graph = _relevance_graph(ctx.builder)
+    implied = graph["implied"].get(relevance)
+    if implied is not None and implied[0] == tensor:
+        return vanishes_where_zero(ctx, implied[1], implied[2], depth - 1)
+    node = graph["producer"].get(relevance)
+    if node is None or depth == 0 or node.op_type not in ("Mul", "Sum", "Add", "Sub", "Neg", "Relu"):
+        return False
+    inputs = (vanishes_where_zero(ctx, name, tensor, depth - 1) for name in node.input)
+    return any(inputs) if node.op_type == "Mul" else all(inputs)
+
+
+def _rectified(ctx, output: str, relevance: str) -> bool:
+    """True when ``relevance`` is 0 wherever the layer output z <= 0: it vanishes where
+    Relu(z) does (zennit's and the tutorial's VGG and ResNet convolutions: the generalised
+    Gamma rule's z < 0 term is then exactly zero)."""
+    producer = ctx.graph.producer.get(output)
+    if producer is None or producer not in ctx.graph.dag:
+        return False
+    return any(ctx.graph.nodes[n].op_type == "Relu" and ctx.graph.nodes[n].input[0] == output
+               and vanishes_where_zero(ctx, relevance, ctx.graph.nodes[n].output[0])
+               for n in ctx.graph.dag.successors(producer) if n in ctx.graph.nodes)
 
 
 def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
@@ -163,24 +231,22 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
             raise CompositeError(f"rule Pass on {layer.node_name!r} needs equal input and output shapes")
         return relevance
     branches = _Branches(ctx, layer, rule)
+    rectified = _rectified(ctx, layer.output, relevance)
     positive: List[str] = []
     negative: List[str] = []
     for term in terms:
         kept = [br for br in term.branches if not branches.drops(br)]
-        if not kept:
+        if not kept or (rectified and term.output_mask == "negative"):   # s = R [z < 0] / z = 0
             continue
-        # step 1: z of this term
-        z = None
-        for br in kept:
-            out = branches.output(br)
-            if z is None:
-                z = out if br.sign > 0 else b.op("Neg", [out], "z")
-            else:
-                z = b.op("Add" if br.sign > 0 else "Sub", [z, out], "z")
+        # step 1: z of this term; the branches on constant inputs summed apart, into one
+        # constant that onnxruntime folds
+        fixed = [(br.sign, branches.output(br)) for br in kept if br.input in CONSTANT_INPUTS]
+        varying = [(br.sign, branches.output(br)) for br in kept if br.input not in CONSTANT_INPUTS]
+        z = _signed_sum(b, varying + ([(1.0, _signed_sum(b, fixed))] if fixed else []))
         denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.input)))
         # step 2: s = mask * R / z
         upper = relevance
-        if term.output_mask:
+        if term.output_mask and not rectified:   # when rectified, R [z > 0] = R
             original = branches.output(R.Branch())
             test = "Greater" if term.output_mask == "positive" else "Less"
             mask = b.op("Cast", [b.op(test, [original, b.const(0.0)], "out_sign")], "out_mask", to=1)
