@@ -36,22 +36,27 @@ def vgg16_input():
 @pytest.fixture(scope="session")
 def zoo_export(tmp_path_factory):
     """Factory: ``zoo_export(name)`` -> (torch module, onnx path) for a model of
-    ``exporters.zoo.ZOO``: ``zoo_module(name)`` (seed 0, calibrated BatchNorm, eval mode) and
-    its export by ``export_zoo_model`` at its smallest size ``ZOO[name]`` (dynamic batch).
-    Built once per name per session, whichever test asks first."""
+    ``exporters.zoo.ZOO``: ``zoo_module(name)`` (seed 0, BatchNorm calibrated at ``ZOO[name]``,
+    eval mode) and its export by ``export_zoo_model`` at that size (dynamic batch). Built once
+    per name per session, whichever test asks first."""
     pytest.importorskip("torch", reason="the zoo models need the torch extra")
     pytest.importorskip("torchvision", reason="the zoo models need the torch extra")
-    from exporters.zoo import ZOO, export_zoo_model, zoo_module
+    from unittest import mock
+
+    import exporters.zoo as zoo
 
     cache = {}
 
     def get(name):
         if name not in cache:
+            size = zoo.ZOO[name]
+            module = zoo.zoo_module(name, 0, size)
             path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
-            export_zoo_model(name, path, ZOO[name])
-            # zoo_module is deterministic (seeded weights and calibration), so this is the
-            # module that export_zoo_model exported
-            cache[name] = zoo_module(name), str(path)
+            # export_zoo_model exports exactly this module instance: the file and the module
+            # cannot drift apart, and the BatchNorm calibration (seconds for vgg16_bn) runs once
+            with mock.patch.object(zoo, "zoo_module", lambda *args, **kwargs: module):
+                zoo.export_zoo_model(name, path, size, seed=0)
+            cache[name] = module, str(path)
         return cache[name]
 
     return get

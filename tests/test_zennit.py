@@ -37,19 +37,20 @@ RTOL_L2 = 1e-4
 RTOL_MAX = 1e-2
 
 
-def _zennit_composite(name, x):
+def _zennit_composite(name, x, canonizers=()):
     import torch
     from zennit import composites as zc
 
+    options = {"canonizers": list(canonizers)} if canonizers else {}
     if name == "epsilon_gamma_box":
         low = torch.tensor(IMAGENET_LOW, dtype=x.dtype).view(1, 3, 1, 1).expand_as(x)
         high = torch.tensor(IMAGENET_HIGH, dtype=x.dtype).view(1, 3, 1, 1).expand_as(x)
-        return zc.EpsilonGammaBox(low=low, high=high)
+        return zc.EpsilonGammaBox(low=low, high=high, **options)
     return {
         "epsilon_plus_flat": zc.EpsilonPlusFlat,
         "epsilon_plus": zc.EpsilonPlus,
         "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
-    }[name]()
+    }[name](**options)
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +65,44 @@ def zennit_model(vgg16, vgg16_input):
     return model64, torch.from_numpy(vgg16_input).double(), target
 
 
-def zennit_relevance(model, x, target, composite_name):
-    """zennit's input relevance for ``x`` with initial relevance output * one_hot(target)."""
+def zennit_relevance(model, x, target, composite_name, canonizers=()):
+    """zennit's (output, input relevance) for ``x`` with initial relevance output * one_hot(target);
+    ``canonizers``: zennit canonizer instances for the composite (none for plain VGG-16)."""
     import torch
     from zennit.attribution import Gradient
 
-    one_hot = torch.zeros(len(x), 1000, dtype=x.dtype)
-    one_hot[torch.arange(len(x)), torch.as_tensor(target)] = 1.0
-    composite = _zennit_composite(composite_name, x)
+    composite = _zennit_composite(composite_name, x, canonizers)
+    rows = torch.arange(len(x))
+    target = torch.as_tensor(target)
+
+    def initial(output):
+        one_hot = torch.zeros_like(output)
+        one_hot[rows, target] = 1.0
+        return output * one_hot
+
     with Gradient(model=model, composite=composite) as attributor:
-        output, relevance = attributor(x.clone(), lambda out: out * one_hot)
+        output, relevance = attributor(x.clone(), initial)
     return output.detach().numpy(), relevance.detach().numpy()
+
+
+def assert_relevance_agrees(got, ref, label):
+    """Per image: print max|diff| / max|zennit|, the relative L2 error and the number of elements
+    off by more than RTOL * max|zennit| (pytest -s shows them); require the tolerances above."""
+    assert got.shape == ref.shape
+    for i in range(len(ref)):
+        mine = got[i].astype(np.float64)
+        scale = float(np.abs(ref[i]).max())
+        assert scale > 0, "zennit's relevance is all zero"
+        assert np.any(mine != 0), "the engine's relevance is all zero"
+        diff = np.abs(mine - ref[i])
+        error = float(diff.max()) / scale
+        l2 = float(np.linalg.norm(diff) / np.linalg.norm(ref[i]))
+        outliers = int((diff > RTOL * scale).sum())
+        print(f"\n  {label}, image {i}: max|diff| / max|zennit| = {error:.3g}, relative L2 = {l2:.3g}, "
+              f"{outliers} of {diff.size} elements above {RTOL:g}")
+        assert outliers <= OUTLIER_FRACTION * diff.size
+        assert l2 <= RTOL_L2
+        assert error <= RTOL_MAX
 
 
 @pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1"])
@@ -85,19 +113,5 @@ def test_input_relevance_matches_zennit(vgg16, vgg16_input, zennit_model, compos
 
     result = lrp_onnx.Explainer(path, composite=composite).explain(vgg16_input, target=target)
     np.testing.assert_array_equal(result.target, target)
-    assert result.relevance.shape == ref.shape
     assert np.abs(result.output - ref_out).max() <= 1e-4 * np.abs(ref_out).max()
-    for i in range(len(ref)):
-        got = result.relevance[i].astype(np.float64)
-        scale = float(np.abs(ref[i]).max())
-        assert scale > 0, "zennit's relevance is all zero"
-        assert np.any(got != 0), "the engine's relevance is all zero"
-        diff = np.abs(got - ref[i])
-        error = float(diff.max()) / scale
-        l2 = float(np.linalg.norm(diff) / np.linalg.norm(ref[i]))
-        outliers = int((diff > RTOL * scale).sum())
-        print(f"\n  {composite}, image {i}: max|diff| / max|zennit| = {error:.3g}, relative L2 = {l2:.3g}, "
-              f"{outliers} of {diff.size} elements above {RTOL:g}")
-        assert outliers <= OUTLIER_FRACTION * diff.size
-        assert l2 <= RTOL_L2
-        assert error <= RTOL_MAX
+    assert_relevance_agrees(result.relevance, ref, composite)
