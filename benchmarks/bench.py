@@ -11,8 +11,8 @@ no contender always runs first after another), median of ``--repeats`` runs afte
   2019, section 10.2.2 and the tutorial's VGG-16 code: gamma / 0.25-rms epsilon / LRP-0, z^B);
 * ``captum LRP``: captum's ``LRP`` (its default epsilon rules).
 
-Peak memory is measured in a fresh subprocess per contender (ru_maxrss after setup and two
-runs: the whole process, Python and libraries included). Usage::
+Peak memory is measured in a fresh subprocess per contender (VmHWM after setup and two runs:
+the whole process, Python and libraries included; Linux). Usage::
 
     python benchmarks/bench.py                     # everything (about 20 minutes on 2 cores)
     python benchmarks/bench.py --quick             # VGG-16, batch 1, no memory probes
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ MODELS = ("vgg16", "resnet50")
 COMPOSITES = ("epsilon_gamma_box", "epsilon_plus_flat")
 CANONIZERS = {"vgg16": "SequentialMergeBatchNorm", "resnet50": "ResNetCanonizer"}
 IMAGE = (3, 224, 224)
+PROBING = "--memory-probe" in sys.argv   # a peak-memory subprocess builds only what it runs
 
 
 def torch_model(name: str):
@@ -89,14 +89,15 @@ def setup_lrp_onnx(composite):
         from lrp_onnx.compile import compile_explainer, prepare
         from lrp_onnx.explainer import create_session
 
-        # the stages one by one (graph build = prepare + compile), then the Explainer itself
-        start = time.perf_counter()
-        prepared = prepare(onnx_path)
-        compiled = compile_explainer(prepared, composite)
-        built = time.perf_counter()
-        session = create_session(compiled.model, ["CPUExecutionProvider"])
-        info = {"graph_build_s": built - start, "session_s": time.perf_counter() - built}
-        del prepared, compiled, session
+        info = {}
+        if not PROBING:   # the stages one by one (graph build = prepare + compile), then the Explainer
+            start = time.perf_counter()
+            prepared = prepare(onnx_path)
+            compiled = compile_explainer(prepared, composite)
+            built = time.perf_counter()
+            session = create_session(compiled.model, ["CPUExecutionProvider"])
+            info = {"graph_build_s": built - start, "session_s": time.perf_counter() - built}
+            del prepared, compiled, session
         start = time.perf_counter()
         explainer = lrp_onnx.Explainer(onnx_path, composite=composite, providers=["CPUExecutionProvider"])
         info["explainer_init_s"] = time.perf_counter() - start
@@ -281,11 +282,14 @@ def measure(name: str, batch: int, onnx_path: str, contenders: List[str], warmup
 
 
 def memory_probe(key: str, name: str, batch: int, onnx_path: str) -> dict:
-    """In this (fresh) process: set up ``key``, run it twice, return the peak RSS."""
+    """In this (fresh) process: set up ``key``, run it twice, return the peak RSS (VmHWM: unlike
+    ru_maxrss, which Linux carries over from the parent through fork and exec)."""
     run, _ = _setup(key, name, onnx_path, images(batch))
     run()
     run()
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return {"peak_rss_mb": peak_kb / 1024}
 
 
 def peak_memory(key: str, name: str, batch: int, onnx_path: str) -> Optional[float]:
@@ -360,6 +364,7 @@ def main(argv=None) -> int:
                     if row["status"] == "ok":
                         row["peak_rss_mb"] = peak_memory(row["contender"], name, batch, onnx_path)
             rows.extend(measured)
+            print(table(measured), file=sys.stderr)   # each block as soon as it is measured
     info = machine()
     print(f"\n{info['cpus']} CPUs, {info['platform']}, onnxruntime {info['onnxruntime']}, torch {info['torch']} "
           f"({info['torch_threads']} threads); medians of {args.repeats} runs after {args.warmup} warm-up, alternated\n")
