@@ -24,6 +24,9 @@ class GraphBuilder:
         self._taken = set(taken_names)
         self._counter = 0
         self._constants: Dict[tuple, str] = {}
+        self.producer: Dict[str, onnx.NodeProto] = {}   # tensor -> the appended node that makes it
+        #: relevance_in -> (tensor_in, relevance_out, tensor_out): see ops.propagate.implies_zeros
+        self.implied: Dict[str, tuple] = {}
 
     def fresh(self, hint: str) -> str:
         """A tensor or node name not used anywhere in the model."""
@@ -39,6 +42,7 @@ class GraphBuilder:
         hint = hint or op_type
         names = [self.fresh(hint) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.fresh(f"node_{hint}"), **attrs))
+        self.producer.update((name, self.nodes[-1]) for name in names)
         return names[0] if outputs == 1 else names
 
     def const(self, value, hint: str = "const", dtype=np.float32) -> str:

@@ -164,6 +164,7 @@ def prepare(model: ModelLike) -> Prepared:
         raise UnsupportedOpError(
             f"no relevance handler for node(s) {listed}; supported ops: {', '.join(ops.supported_ops())}"
         )
+    mg.static_shape(mg.data_input)   # relevance needs static sizes after the batch axis: say so about the input
     for tensor in (mg.data_input, mg.output):
         if mg.elem_types.get(tensor) != TensorProto.FLOAT:
             raise ModelError(f"lrp_onnx explains float32 models; {tensor!r} has ONNX element type "

@@ -209,8 +209,6 @@ def test_a_dead_layer_has_finite_relevance(rule):
         assert np.all(np.isfinite(r)), name
 
 
-@pytest.mark.xfail(strict=True, reason="a rule with epsilon=0 divides 0 by 0 on a dead layer: NaN "
-                                       "(reported to the lead: guard s = R/z where z = 0, or reject epsilon <= 0)")
 @pytest.mark.parametrize("rule", [R.LRP0(epsilon=0.0), R.Epsilon(0.0), R.WSquare(epsilon=0.0)],
                          ids=lambda r: type(r).__name__)
 def test_a_dead_layer_with_zero_epsilon_has_finite_relevance(rule):

@@ -11,7 +11,6 @@ modified parameters, and how to run f^T) and the rule's terms do the rest.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -173,22 +172,10 @@ def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
     return builder.op("Add", [z, eps], "z_stab")
 
 
-_RELEVANCE_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _relevance_graph(builder) -> dict:
-    """The producer of every tensor the builder made so far, and the recorded implications."""
-    graph = _RELEVANCE_GRAPHS.setdefault(builder, {"indexed": 0, "producer": {}, "implied": {}})
-    for node in builder.nodes[graph["indexed"]:]:
-        graph["producer"].update((out, node) for out in node.output)
-    graph["indexed"] = len(builder.nodes)
-    return graph
-
-
 def implies_zeros(ctx, relevance_in: str, tensor_in: str, relevance_out: str, tensor_out: str) -> None:
     """Record for ``vanishes_where_zero``: ``relevance_in`` is 0 wherever ``tensor_in`` is 0
     if ``relevance_out`` is 0 wherever ``tensor_out`` is 0 (a handler's R_in from its R_out)."""
-    _relevance_graph(ctx.builder)["implied"][relevance_in] = (tensor_in, relevance_out, tensor_out)
+    ctx.builder.implied[relevance_in] = (tensor_in, relevance_out, tensor_out)
 
 
 def vanishes_where_zero(ctx, relevance: str, tensor: str, depth: int = 16) -> bool:
@@ -197,11 +184,10 @@ def vanishes_where_zero(ctx, relevance: str, tensor: str, depth: int = 16) -> bo
     or follows from a recorded implication. False when not provable."""
     if relevance == tensor:
         return True
-    graph = _relevance_graph(ctx.builder)
-    implied = graph["implied"].get(relevance)
+    implied = ctx.builder.implied.get(relevance)
     if implied is not None and implied[0] == tensor:
         return vanishes_where_zero(ctx, implied[1], implied[2], depth - 1)
-    node = graph["producer"].get(relevance)
+    node = ctx.builder.producer.get(relevance)
     if node is None or depth == 0 or node.op_type not in ("Mul", "Sum", "Add", "Sub", "Neg", "Relu"):
         return False
     inputs = (vanishes_where_zero(ctx, name, tensor, depth - 1) for name in node.input)
@@ -243,7 +229,7 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
         fixed = [(br.sign, branches.output(br)) for br in kept if br.input in CONSTANT_INPUTS]
         varying = [(br.sign, branches.output(br)) for br in kept if br.input not in CONSTANT_INPUTS]
         z = _signed_sum(b, varying + ([(1.0, _signed_sum(b, fixed))] if fixed else []))
-        denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.input)))
+        denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.output)))
         # step 2: s = mask * R / z
         upper = relevance
         if term.output_mask and not rectified:   # when rectified, R [z > 0] = R
@@ -252,6 +238,8 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
             mask = b.op("Cast", [b.op(test, [original, b.const(0.0)], "out_sign")], "out_mask", to=1)
             upper = b.op("Mul", [relevance, mask], "r_masked")
         s = b.op("Div", [upper, denominator], "s")
+        if denominator == z:   # no stabilizer: 0/0 := 0 where z vanishes (a dead unit)
+            s = b.op("Where", [b.op("Equal", [z, b.const(0.0)], "z_zero"), b.const(0.0), s], "s")
         # steps 3 and 4, per branch
         for br in kept:
             kind, mod = branches.normalized(br)
