@@ -109,7 +109,7 @@ class Context:
 class CompiledExplainer:
     """The explainer model and what it was made of."""
 
-    model: onnx.ModelProto
+    model: Optional[onnx.ModelProto]     # None once an Explainer's session holds the weights
     input_name: str
     output_name: str
     rules: Dict[str, Rule]
@@ -118,25 +118,30 @@ class CompiledExplainer:
     passes: List[str] = field(default_factory=list)
 
     def save(self, path, external_data: bool = False) -> None:
-        """Write the standalone explainer model. ``external_data``: its tensors of 1 KiB or more
-        go to the file ``<name>.data`` beside it (ONNX external data, needed above protobuf's
-        2 GB limit; smaller ones, such as shapes, stay inline, where onnxruntime needs them).
-        Both files or none are written."""
-        if not external_data:
-            if serialized_size(self.model) >= PROTOBUF_LIMIT:
-                raise ModelError(f"the explainer is {serialized_size(self.model) / 2 ** 30:.1f} GiB, above protobuf's "
-                                 f"2 GiB limit: save it with external_data=True")
-            write_atomically(path, lambda tmp: onnx.save(self.model, tmp))
-            return
-        location = os.path.basename(os.fspath(path)) + ".data"
+        """Write the standalone explainer model (see ``save_model``)."""
+        save_model(self.model, path, external_data)
 
-        def write(tmp):
-            model = onnx.ModelProto()
-            model.CopyFrom(self.model)   # save_model moves the tensors of the proto it is given
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=location, size_threshold=1024)
 
-        write_atomically(path, write, companions=(location,))
+def save_model(model: onnx.ModelProto, path, external_data: bool = False) -> None:
+    """Write ``model``. ``external_data``: its tensors of 1 KiB or more go to the file
+    ``<name>.data`` beside it (ONNX external data, needed above protobuf's 2 GB limit; smaller
+    ones, such as shapes, stay inline, where onnxruntime needs them). Both files or none are
+    written."""
+    if not external_data:
+        if serialized_size(model) >= PROTOBUF_LIMIT:
+            raise ModelError(f"the explainer is {serialized_size(model) / 2 ** 30:.1f} GiB, above protobuf's "
+                             f"2 GiB limit: save it with external_data=True")
+        write_atomically(path, lambda tmp: onnx.save(model, tmp))
+        return
+    location = os.path.basename(os.fspath(path)) + ".data"
+
+    def write(tmp):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)   # save_model moves the tensors of the proto it is given
+        onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+
+    write_atomically(path, write, companions=(location,))
 
 
 @dataclass
