@@ -23,7 +23,7 @@ import onnx
 
 from ..errors import UnsupportedOpError
 from .linear import attributes
-from .registry import HANDLERS
+from .registry import HANDLERS, lookup
 
 #: Ops whose relevance handler is their VJP (under the Gradient rule for the linear layers).
 SAME_AS_RELEVANCE = (
@@ -49,13 +49,7 @@ def vjp(*op_types: str):
 
 
 def handler_for(node: onnx.NodeProto) -> Callable:
-    try:
-        return GRADIENT_HANDLERS[node.op_type]
-    except KeyError:
-        raise UnsupportedOpError(
-            f"node {node.name!r} has op type {node.op_type}, which has no gradient (vector-Jacobian product) "
-            f"in lrp_onnx; ops with one: {', '.join(sorted(GRADIENT_HANDLERS))}"
-        ) from None
+    return lookup(GRADIENT_HANDLERS, node, "gradient (vector-Jacobian product)")
 
 
 def _where(b, condition: str, g: str, other: str) -> str:

@@ -9,7 +9,7 @@ for its data inputs. ``family`` groups op types for composites ("conv", "dense",
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import onnx
 
@@ -54,14 +54,20 @@ def supported_ops() -> Tuple[str, ...]:
     return tuple(sorted(HANDLERS))
 
 
-def handler_for(node: onnx.NodeProto) -> OpHandler:
+def lookup(table: Dict[str, Any], node: onnx.NodeProto, what: str = "relevance handler"):
+    """``table[node.op_type]``, or an UnsupportedOpError naming the node, its op type and the
+    op types ``table`` has."""
     try:
-        return HANDLERS[node.op_type]
+        return table[node.op_type]
     except KeyError:
         raise UnsupportedOpError(
-            f"node {node.name!r} has op type {node.op_type}, which has no relevance handler; "
-            f"supported ops: {', '.join(supported_ops())}"
+            f"node {node.name!r} has op type {node.op_type}, which has no {what} in lrp_onnx; "
+            f"supported ops: {', '.join(sorted(table))}"
         ) from None
+
+
+def handler_for(node: onnx.NodeProto) -> OpHandler:
+    return lookup(HANDLERS, node)
 
 
 def data_slots(node: onnx.NodeProto):
