@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lrp_onnx.canonicalize import (
     PASSES, assign_node_names, canonicalize, constants_to_initializers, drop_identity, fold_batchnorm,
+    fold_batchnorm_forward,
     fold_shape_arithmetic, fuse_matmul_add, normalize_gemm, strip_output_softmax,
 )
 from lrp_onnx.load import infer_shapes
@@ -141,9 +142,9 @@ def test_normalize_gemm_keeps_a_canonical_gemm():
     check_pass(normalize_gemm, proto, RNG.normal(size=(2, 4)).astype(np.float32), expect_changed=False)
 
 
-def batchnorm_inits(channels):
-    return [init("scale", (channels,)), init("shift", (channels,)), init("mean", (channels,)),
-            init("var", (channels,), positive=True)]
+def batchnorm_inits(channels, suffix=""):
+    return [init("scale" + suffix, (channels,)), init("shift" + suffix, (channels,)), init("mean" + suffix, (channels,)),
+            init("var" + suffix, (channels,), positive=True)]
 
 
 def test_fold_batchnorm_into_conv():
@@ -182,12 +183,53 @@ def test_fold_batchnorm_refuses_when_the_conv_output_is_used_elsewhere():
     check_pass(fold_batchnorm, proto, RNG.normal(size=(2, 2, 6, 6)).astype(np.float32), expect_changed=False)
 
 
+def bn_then(layer, **attrs):
+    """x -> BatchNormalization -> ``layer`` (a Gemm on (N, 4) or a Conv on (N, 2, 6, 6))."""
+    if layer == "Gemm":
+        return model([helper.make_node("BatchNormalization", ["x", "scale", "shift", "mean", "var"], ["b"]),
+                      helper.make_node("Gemm", ["b", "W", "B"], ["y"], transB=1)],
+                     [X2], [Y2], [init("W", (3, 4)), init("B", (3,))] + batchnorm_inits(4))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, None, None])
+    return model([helper.make_node("BatchNormalization", ["x", "scale", "shift", "mean", "var"], ["b"], epsilon=1e-3),
+                  helper.make_node("Conv", ["b", "W"], ["y"], **attrs)],
+                 [X4], [y], [init("W", (3, 2, 3, 3))] + batchnorm_inits(2))
+
+
+def test_fold_batchnorm_forward_into_a_gemm():
+    out = check_pass(fold_batchnorm_forward, bn_then("Gemm"), RNG.normal(size=(4, 4)).astype(np.float32))
+    assert ops(out) == ["Gemm"] and out.graph.node[0].input[0] == "x"
+
+
+def test_fold_batchnorm_forward_into_an_unpadded_conv():
+    out = check_pass(fold_batchnorm_forward, bn_then("Conv", strides=[2, 2]), RNG.normal(size=(2, 2, 6, 6)).astype(np.float32))
+    assert ops(out) == ["Conv"] and len(out.graph.node[0].input) == 3
+
+
+@pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1]}, {"auto_pad": "SAME_UPPER"}])
+def test_fold_batchnorm_forward_refuses_a_padded_conv(attrs):
+    """Zero padding of the normalized tensor is not zero padding of x: the fold would change
+    the border outputs."""
+    out = check_pass(fold_batchnorm_forward, bn_then("Conv", **attrs), RNG.normal(size=(2, 2, 6, 6)).astype(np.float32),
+                     expect_changed=False)
+    assert ops(out) == ["BatchNormalization", "Conv"]
+
+
+def test_fold_batchnorm_forward_refuses_when_the_normalized_tensor_is_used_elsewhere():
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    proto = model([helper.make_node("BatchNormalization", ["x", "scale", "shift", "mean", "var"], ["b"]),
+                   helper.make_node("Gemm", ["b", "W"], ["g"], transB=1), helper.make_node("Add", ["g", "b"], ["y"])],
+                  [X2], [y], [init("W", (4, 4))] + batchnorm_inits(4))
+    check_pass(fold_batchnorm_forward, proto, RNG.normal(size=(3, 4)).astype(np.float32), expect_changed=False)
+
+
 def test_all_passes_together_keep_the_logits():
     """The full pipeline on a model that needs every pass; the softmax is gone, so compare
     with the logits of the original."""
     weight = helper.make_tensor("wv", TensorProto.FLOAT, [4, 5], RNG.normal(size=20).astype(np.float32))
     proto = model(
-        [helper.make_node("Constant", [], ["W"], value=weight), helper.make_node("Identity", ["x"], ["i"]),
+        [helper.make_node("Constant", [], ["W"], value=weight),
+         helper.make_node("BatchNormalization", ["x", "scale_in", "shift_in", "mean_in", "var_in"], ["x_bn"]),
+         helper.make_node("Identity", ["x_bn"], ["i"]),
          helper.make_node("MatMul", ["i", "W"], ["h"]), helper.make_node("Add", ["h", "b"], ["g"]),
          helper.make_node("BatchNormalization", ["g", "scale", "shift", "mean", "var"], ["n"]),
          helper.make_node("Shape", ["n"], ["n_shape"]), helper.make_node("Gather", ["n_shape", "one"], ["width"]),
@@ -196,7 +238,7 @@ def test_all_passes_together_keep_the_logits():
          helper.make_node("Reshape", ["n", "target"], ["n2"]),
          helper.make_node("Gemm", ["n2", "W2"], ["logits"], alpha=2.0),
          helper.make_node("Softmax", ["logits"], ["y"], axis=1)],
-        [X2], [Y2], [init("b", (5,)), init("W2", (5, 3))] + batchnorm_inits(5) + [
+        [X2], [Y2], [init("b", (5,)), init("W2", (5, 3))] + batchnorm_inits(5) + batchnorm_inits(4, "_in") + [
             numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array([0], np.int64), "zero"),
             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")])
     x = RNG.normal(size=(3, 4)).astype(np.float32)

@@ -146,10 +146,12 @@ def test_batchnorm_after_concat(composite_id):
 
 
 def test_norm_rule_by_name_and_index_does_not_count_it():
-    """The BatchNormalization is not counted by Index: Index(0, 1) is the Gemm after it."""
+    """The BatchNormalization is not counted by Index: Index(0, 1) is the Gemm after it (behind
+    a Relu, so that the BatchNormalization cannot be folded into the Gemm)."""
     rng = np.random.default_rng(2)
     params = {**bn_params(rng, 3), "W": rng.normal(size=(2, 3))}
-    nodes = [bn_node("x", "h"), helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
+    nodes = [bn_node("x", "h"), helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("Gemm", ["a", "W"], ["y"], name="fc", transB=1)]
     composite = Composite(((Index(0, 1), Epsilon(0.5)), (Name("^bn$"), Pass())), "winner", "by_name")
     ex = lrp_onnx.Explainer(model_of(nodes, (3,), (2,), params), composite)
     assert ex.rules == {"fc": Epsilon(0.5), "bn": Pass()}

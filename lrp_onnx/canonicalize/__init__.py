@@ -8,7 +8,7 @@ from typing import Callable, List, Tuple
 
 import onnx
 
-from .batchnorm import fold_batchnorm
+from .batchnorm import fold_batchnorm, fold_batchnorm_forward
 from .constants import constants_to_initializers
 from .gemm import normalize_gemm
 from .identity import drop_identity
@@ -29,6 +29,7 @@ PASSES: Tuple[Pass, ...] = (
     normalize_gemm,
     fuse_matmul_add,
     fold_batchnorm,
+    fold_batchnorm_forward,
 )
 
 
