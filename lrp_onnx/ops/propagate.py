@@ -151,9 +151,11 @@ def _signed_sum(builder, parts: List[Tuple[float, str]]) -> str:
     return z
 
 
-def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
+def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int, sign: Optional[str] = None) -> str:
     """incr(z) = z + (epsilon + relative * rms(z)) * sgn(z)  (see rules.Stabilizer); the rms
-    is taken over each sample (all axes but the batch axis 0)."""
+    is taken over each sample (all axes but the batch axis 0). ``sign`` (see ``_z_sign``) lets
+    sgn(z) go: "nonnegative": sgn(z) = 1; "positive_where_used": z > 0 wherever the relevance
+    is not zero, so max(z, 0) + eps is incr(z) there and a safe denominator elsewhere."""
     eps = builder.const(stab.epsilon) if stab.epsilon else None
     if stab.relative:
         square = builder.op("Mul", [z, z], "z_sq")
@@ -162,7 +164,9 @@ def _stabilize(builder, z: str, stab: R.Stabilizer, rank: int) -> str:
         eps = builder.op("Add", [scaled, eps], "eps") if eps else scaled
     if eps is None:
         return z
-    if stab.signed:   # eps * sgn(z) = 2 eps [z >= 0] - eps, exactly (Where is slow on onnxruntime's CPU)
+    if stab.signed and sign == "positive_where_used":
+        z = builder.op("Max", [z, builder.const(0.0)], "z_pos")
+    elif stab.signed and sign != "nonnegative":   # eps * sgn(z) = 2 eps [z >= 0] - eps, exactly (Where is slow on CPU)
         step = builder.op("Cast", [builder.op("GreaterOrEqual", [z, builder.const(0.0)], "z_ge0")], "z_step", to=1)
         if stab.relative:
             eps = builder.op("Mul", [eps, builder.op("Sub", [builder.op("Mul", [step, builder.const(2.0)], "sgn_z"),
@@ -206,6 +210,36 @@ def _rectified(ctx, output: str, relevance: str) -> bool:
                for n in ctx.graph.dag.successors(producer) if n in ctx.graph.nodes)
 
 
+#: Parameter modifiers that make weights and biases >= 0 (rules.ParamMod kinds).
+_NONNEGATIVE_PARAMS = ("positive", "square", "ones")
+
+
+def _branch_nonnegative(branches: _Branches, branch: R.Branch) -> bool:
+    """f(in(a); rho(W), rho(b)) >= 0 everywhere: a non-negative input through non-negative
+    weights and bias, or a non-positive input through non-positive weights without bias.
+    Layers without parameters (pooling, Reduce*) have fixed non-negative weights."""
+    kind, mod = branches.normalized(branch)
+    positive_in = kind in (R.POSITIVE, R.ONES) or (kind == R.IDENTITY and branches.nonnegative)
+    if branches.layer.weight_name is None:
+        return positive_in
+    no_bias = mod.zero_bias or branches.layer.bias_name is None
+    return (positive_in and mod.kind in _NONNEGATIVE_PARAMS) or (kind == R.NEGATIVE and mod.kind == "negative" and no_bias)
+
+
+def _z_sign(branches: _Branches, rule, term: R.Term, kept, rectified: bool) -> Optional[str]:
+    """What is known of the sign of a term's z, for ``_stabilize``: "nonnegative" when every
+    branch is (z+, Flat, w^2 on their usual inputs); "positive_where_used" when the relevance
+    is used only where the layer's own z > 0 (``rectified``, or the term's positive output
+    mask) and this z is at least the layer's z: the layer itself (LRP-0, epsilon), or the
+    positive term of Gamma with its bias (z + gamma (a+ w+ + b+ + a- w-) >= z)."""
+    if all(br.sign > 0 and _branch_nonnegative(branches, br) for br in kept):
+        return "nonnegative"
+    only_where_positive = term.output_mask == "positive" or (rectified and term.output_mask is None)
+    itself = len(kept) == 1 and branches.normalized(kept[0]) == (R.IDENTITY, R.ParamMod()) and kept[0].sign > 0
+    gamma_up = isinstance(rule, R.Gamma) and not rule.zero_bias and term.output_mask == "positive"
+    return "positive_where_used" if only_where_positive and (itself or gamma_up) else None
+
+
 def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
     """R_in of ``layer`` under ``rule`` given the relevance of its output (steps 1-4)."""
     if isinstance(rule, R.Gradient):   # the layer's vector-Jacobian product (ops/gradient.py)
@@ -229,7 +263,9 @@ def propagate_linear(ctx, layer: LinearLayer, rule, relevance: str) -> str:
         fixed = [(br.sign, branches.output(br)) for br in kept if br.input in CONSTANT_INPUTS]
         varying = [(br.sign, branches.output(br)) for br in kept if br.input not in CONSTANT_INPUTS]
         z = _signed_sum(b, varying + ([(1.0, _signed_sum(b, fixed))] if fixed else []))
-        denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.output)))
+        # every LinearLayer's forward keeps the rank of its input (Reduce* keep their dims there)
+        denominator = _stabilize(b, z, term.stabilizer, len(ctx.graph.shape(layer.input)),
+                                 _z_sign(branches, rule, term, kept, rectified))
         # step 2: s = mask * R / z
         upper = relevance
         if term.output_mask and not rectified:   # when rectified, R [z > 0] = R
