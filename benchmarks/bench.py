@@ -37,7 +37,8 @@ sys.path.insert(0, ROOT)
 
 MODELS = ("vgg16", "resnet50")
 COMPOSITES = ("epsilon_gamma_box", "epsilon_plus_flat")
-CANONIZERS = {"vgg16": "SequentialMergeBatchNorm", "resnet50": "ResNetCanonizer"}
+#: zennit's canonizer per model, as (module, class): ResNetCanonizer lives in zennit.torchvision.
+CANONIZERS = {"vgg16": ("zennit.canonizers", "SequentialMergeBatchNorm"), "resnet50": ("zennit.torchvision", "ResNetCanonizer")}
 IMAGE = (3, 224, 224)
 PROBING = "--memory-probe" in sys.argv   # a peak-memory subprocess builds only what it runs
 
@@ -106,11 +107,14 @@ def setup_lrp_onnx(composite):
 
 
 def _zennit_composite(name, model_name, x):
+    import importlib
+
     import torch
-    from zennit import canonizers, composites
+    from zennit import composites
     from lrp_onnx.composites import IMAGENET_HIGH, IMAGENET_LOW
 
-    canonizer = [getattr(canonizers, CANONIZERS[model_name])()]
+    module, cls = CANONIZERS[model_name]
+    canonizer = [getattr(importlib.import_module(module), cls)()]
     if name == "epsilon_gamma_box":
         low = torch.tensor(IMAGENET_LOW).view(1, 3, 1, 1).expand_as(x)
         high = torch.tensor(IMAGENET_HIGH).view(1, 3, 1, 1).expand_as(x)
