@@ -44,6 +44,12 @@ def _layer_parameters(graph, layer):
     return weight.astype(np.float64), (bias.astype(np.float64) if has_bias else np.zeros(weight.shape[0])), weight.dtype
 
 
+def _fold_values(graph, bn, layer):
+    """(s, t, W, b, dtype) for folding ``bn`` into ``layer``, or None when it cannot be."""
+    affine, params = _affine(graph, bn), _layer_parameters(graph, layer)
+    return None if affine is None or params is None else affine + params
+
+
 def _set_parameters(graph, layer, weight, bias, dtype):
     layer.input[1] = add_initializer(graph, weight.astype(dtype), layer.name + "_W_bn")
     bias_name = add_initializer(graph, bias.astype(dtype), layer.name + "_B_bn")
@@ -70,11 +76,10 @@ def fold_batchnorm(model: onnx.ModelProto) -> bool:
             continue
         if len(uses[layer.output[0]]) != 1 or layer.output[0] in outputs:
             continue
-        affine, params = _affine(graph, bn), _layer_parameters(graph, layer)
-        if affine is None or params is None:
+        values = _fold_values(graph, bn, layer)
+        if values is None:
             continue
-        factor, shift = affine
-        weight, bias, dtype = params
+        factor, shift, weight, bias, dtype = values
         new_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))   # axis 0: output channels
         _set_parameters(graph, layer, new_weight, bias * factor + shift, dtype)
         layer.output[0] = bn.output[0]
@@ -113,13 +118,10 @@ def fold_batchnorm_forward(model: onnx.ModelProto) -> bool:
         layer, slot = uses[bn.output[0]][0]
         if slot != 0 or not (is_canonical(layer) or _unpadded_plain_conv(layer)):
             continue
-        affine, params = _affine(graph, bn), _layer_parameters(graph, layer)
-        if affine is None or params is None:
+        values = _fold_values(graph, bn, layer)
+        if values is None or values[2].shape[1] != values[0].shape[0]:
             continue
-        factor, shift = affine
-        weight, bias, dtype = params
-        if weight.shape[1] != factor.shape[0]:
-            continue
+        factor, shift, weight, bias, dtype = values
         per_input = (1, -1) + (1,) * (weight.ndim - 2)   # axis 1: input channels (Gemm's K, Conv's C)
         new_bias = bias + (weight * shift.reshape(per_input)).reshape(weight.shape[0], -1).sum(axis=1)
         _set_parameters(graph, layer, weight * factor.reshape(per_input), new_bias, dtype)
