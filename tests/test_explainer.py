@@ -220,3 +220,17 @@ def test_models_of_other_opsets(opset, x):
     expected = lrp_onnx.Explainer(reference, composite=comp).explain(x).relevance
     got = lrp_onnx.Explainer(other, composite=comp, providers=["CPUExecutionProvider"]).explain(x).relevance
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_an_explainer_above_the_protobuf_limit_runs_through_external_data(model, x, monkeypatch):
+    """create_session opens explainers above protobuf's 2 GB limit from a temporary file with
+    external data; with the limit lowered to 1 byte this small model takes that path, and its
+    results are those of the in-memory session."""
+    expected = lrp_onnx.Explainer(model, composite="epsilon_plus").explain(x)
+    monkeypatch.setattr(lrp_onnx.explainer, "PROTOBUF_LIMIT", 1)
+    saved = []
+    real_save = lrp_onnx.explainer.save_model
+    monkeypatch.setattr(lrp_onnx.explainer, "save_model", lambda *a, **k: saved.append(k) or real_save(*a, **k))
+    got = lrp_onnx.Explainer(model, composite="epsilon_plus").explain(x)
+    assert saved == [{"external_data": True}]
+    np.testing.assert_array_equal(got.relevance, expected.relevance)
