@@ -150,7 +150,7 @@ def _read_inputs(paths, model_shape, spec):
 
 
 def _model_input_shape(explainer):
-    graph = explainer.model.graph
+    graph = explainer.forward_model.graph
     info = next(i for i in graph.input if i.name == explainer.compiled.input_name)
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
 

@@ -132,7 +132,7 @@ def explain_vgg16(path, out_dir: str) -> list:
     spec = PRESETS["imagenet"]
     x, photo = image_to_input(coffee(), spec, fit(spec, (1, 3, 224, 224)))
     explainer = Explainer(path, composite="tutorial_vgg16")
-    tensors = tutorial_layer_tensors(explainer.model)
+    tensors = tutorial_layer_tensors(explainer.forward_model)
     res = explainer.explain(x[None], layers=tuple(tensors.values()))
 
     names = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"]

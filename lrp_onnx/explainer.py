@@ -96,6 +96,12 @@ class Explainer:
         return compile_explainer(self._prepared, self.composite, self.maxpool).model
 
     @property
+    def forward_model(self) -> onnx.ModelProto:
+        """The canonicalized model that the explainer extends (already in memory): its nodes,
+        inputs and tensor names are those of the explainer's forward part."""
+        return self._prepared.graph.model
+
+    @property
     def rules(self):
         """{node name: rule} for every layer that takes a rule."""
         return dict(self.compiled.rules)

@@ -234,3 +234,10 @@ def test_an_explainer_above_the_protobuf_limit_runs_through_external_data(model,
     got = lrp_onnx.Explainer(model, composite="epsilon_plus").explain(x)
     assert saved == [{"external_data": True}]
     np.testing.assert_array_equal(got.relevance, expected.relevance)
+
+
+def test_forward_model_is_the_forward_part_of_the_explainer(model):
+    ex = lrp_onnx.Explainer(model, composite="epsilon_plus")
+    forward, full = ex.forward_model, ex.model
+    assert [n.name for n in forward.graph.node] == [n.name for n in full.graph.node][:len(forward.graph.node)]
+    assert forward.graph.input[0] == full.graph.input[0]
