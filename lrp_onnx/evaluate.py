@@ -35,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import InputError
+from .images import channels_last
 from .load import ModelLike, load_model
 
 REPLACEMENTS = ("constant", "uniform", "blur")
@@ -119,7 +120,7 @@ def infer_layout(sample_shape: Sequence[int]) -> str:
     not (then NHWC); NHW for (H, W); flat for (F,) when F is a square number."""
     shape = tuple(sample_shape)
     if len(shape) == 3:
-        return "NHWC" if shape[-1] in (1, 3) and shape[0] not in (1, 3) else "NCHW"
+        return "NHWC" if channels_last(shape) else "NCHW"
     if len(shape) == 2:
         return "NHW"
     if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:

@@ -21,6 +21,12 @@ from .render import channel_sum, read_image
 LAYOUTS = ("auto", "NCHW", "NHWC", "flat")
 
 
+def channels_last(sample_shape: Sequence) -> bool:
+    """A 3-D sample is (H, W, C) rather than (C, H, W) when its last axis looks like channels
+    (1 or 3) and its first does not."""
+    return sample_shape[-1] in (1, 3) and sample_shape[0] not in (1, 3)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """mode: "RGB", "L" or "auto" (the model's channel count). size: (height, width), None for
@@ -86,10 +92,8 @@ def fit(spec: Preprocess, input_shape: Sequence) -> Fitted:
     if layout == "auto":
         if len(dims) == 1:
             layout = "flat"
-        elif len(dims) == 3 and dims[0] in (1, 3):
-            layout = "NCHW"
-        elif len(dims) == 3 and dims[2] in (1, 3):
-            layout = "NHWC"
+        elif len(dims) == 3 and (dims[0] in (1, 3) or dims[2] in (1, 3)):
+            layout = "NHWC" if channels_last(dims) else "NCHW"
         else:
             raise InputError(f"cannot feed an image to a model input of shape {tuple(input_shape)}; "
                              "give a --preprocess JSON with a layout, or .npy arrays")
@@ -155,6 +159,6 @@ def relevance_map(relevance: np.ndarray, layout: str = "auto", size: Optional[Tu
     if r.ndim == 2:
         return r
     if r.ndim == 3:
-        last = layout == "NHWC" or (layout == "auto" and r.shape[0] not in (1, 3) and r.shape[2] in (1, 3))
+        last = layout == "NHWC" or (layout == "auto" and channels_last(r.shape))
         return channel_sum(r, -1 if last else 0)
     raise InputError(f"cannot draw relevance of shape {r.shape} as an image")
