@@ -55,9 +55,10 @@ def zoo_module(name: str, seed: int = 0, size: int = None):
     return module.eval()
 
 
-def export_zoo_model(name: str, path, size: int = None, seed: int = 0) -> str:
+def export_zoo_model(name: str, path, size: int = None, seed: int = 0):
     """Export ``zoo_module(name, seed)`` at ``path`` for (N, 3, size, size) inputs (default: the
-    smallest size it supports), checked against torch by ``export_module``."""
+    smallest size it supports), checked against torch by ``export_module``; returns (the
+    exported module, the path), so that a caller can compare against that very module."""
     import torch
 
     size = size or ZOO[name]
@@ -65,7 +66,7 @@ def export_zoo_model(name: str, path, size: int = None, seed: int = 0) -> str:
     torch.manual_seed(seed)
     example = torch.randn(1, 3, size, size)
     write_atomically(path, lambda tmp: export_module(module, example, tmp))
-    return os.fspath(path)
+    return module, os.fspath(path)
 
 
 def main(argv=None) -> int:
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(export_zoo_model(args.name, args.output, args.size, args.seed))
+    print(export_zoo_model(args.name, args.output, args.size, args.seed)[1])
     return 0
 
 

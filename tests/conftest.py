@@ -41,22 +41,15 @@ def zoo_export(tmp_path_factory):
     per name per session, whichever test asks first."""
     pytest.importorskip("torch", reason="the zoo models need the torch extra")
     pytest.importorskip("torchvision", reason="the zoo models need the torch extra")
-    from unittest import mock
-
     import exporters.zoo as zoo
 
     cache = {}
 
     def get(name):
         if name not in cache:
-            size = zoo.ZOO[name]
-            module = zoo.zoo_module(name, 0, size)
-            path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
-            # export_zoo_model exports exactly this module instance: the file and the module
-            # cannot drift apart, and the BatchNorm calibration (seconds for vgg16_bn) runs once
-            with mock.patch.object(zoo, "zoo_module", lambda *args, **kwargs: module):
-                zoo.export_zoo_model(name, path, size, seed=0)
-            cache[name] = module, str(path)
+            # the module export_zoo_model exported: the file and the module cannot drift apart,
+            # and the BatchNorm calibration (seconds for vgg16_bn) runs once
+            cache[name] = zoo.export_zoo_model(name, tmp_path_factory.mktemp(name) / f"{name}.onnx", zoo.ZOO[name], seed=0)
         return cache[name]
 
     return get
