@@ -4,8 +4,9 @@ Layers are the linear-type nodes on the relevance path (Conv, Gemm, MatMul, Aver
 GlobalAveragePool, ReduceMean/ReduceSum, MaxPool) in the model's order; ``Index`` counts them
 from 0. A BatchNormalization that could not be folded (family "norm") takes a rule too but is
 not counted: it gets Epsilon(1e-6) unless a predicate (Family("norm"), Name) picks another.
-Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is read: "winner" (relevance to the
-arg-max, as zennit's gradient) or "avg" (as average pooling, as the tutorial).
+Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is
+read: "winner" (relevance to the arg-max, as zennit's gradient) or "avg" (as average pooling,
+as the tutorial).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
-
 
 from .errors import CompositeError
 from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Gradient, Rule, ZBox, ZPlus, rule_from_dict
