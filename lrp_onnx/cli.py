@@ -20,7 +20,7 @@ EXIT_BUG = 1
 #: More inputs than this get a progress bar on stderr.
 PROGRESS_ABOVE = 4
 
-#: How relevance passes through nodes that take no rule, by handler family.
+#: How relevance passes through nodes that take no rule, by family (ops.family_of).
 HANDLING = {
     "activation": "pass",
     "shape": "pass (inverse shape op)",
@@ -28,6 +28,15 @@ HANDLING = {
     "sum": "split in proportion to the summands",
     "scale": "pass (a gate gets none)",
     "maxpool": "winner-take-all",
+    "select": "to the selected branch (none to the condition)",
+    "embedding": "relevance sink (token relevance)",
+}
+
+#: The rule column of a node that stops compiling, by Blocker.kind.
+BLOCKED = {
+    "no handler": "UNSUPPORTED (no relevance handler)",
+    "no gradient": "UNSUPPORTED (no gradient)",
+    "refused": "REFUSED (see below)",
 }
 
 
@@ -36,7 +45,7 @@ def _compile(args):
 
     compiled = compile_explainer(args.model, args.composite, args.maxpool)
     compiled.save(args.output)
-    print(f"wrote {args.output}: inputs {compiled.input_name!r} and 'lrp_target_mask', "
+    print(f"wrote {args.output}: inputs {', '.join(repr(i.name) for i in compiled.inputs)} and 'lrp_target_mask', "
           f"{len(compiled.rules)} layers with rules")
 
 
@@ -46,43 +55,41 @@ def _shape(mg, tensor) -> str:
 
 
 def _inspect(args) -> int:
-    """The relevance-carrying nodes with op, output shape and rule; works on models that cannot
-    be compiled (unsupported nodes are listed as such). Exit code 1 when some are."""
+    """The relevance-carrying nodes with op, output shape and rule, then every problem that
+    stops compiling with the composite (the same walk: compile.assess), one line per kind with
+    what to do. Works on models that cannot be compiled; exit code 1 when one cannot."""
     from . import ops
-    from .canonicalize import canonicalize
-    from .compile import layers_of
+    from .checks import summary
+    from .compile import assess, prepare
     from .composites import resolve_composite
-    from .coverage import op_coverage
-    from .graph import RelevanceSubgraph, build_graph, relevance_subgraph
-    from .load import infer_shapes, load_model
+    from .ops.registry import key_name, op_key
 
     composite = resolve_composite(args.composite)
     mode = args.maxpool or composite.maxpool
-    proto = load_model(args.model)
-    canonicalize(proto)
-    infer_shapes(proto)
-    mg = build_graph(proto)
-    sub = relevance_subgraph(mg, ops.data_slots)
-    handled = RelevanceSubgraph([n for n in sub.nodes if mg.nodes[n].op_type in ops.HANDLERS], sub.tensors)
-    rules = composite.assign(layers_of(mg, handled), mode)
+    prepared = prepare(args.model)
+    mg, sub = prepared.graph, prepared.subgraph
+    assessment = assess(prepared, composite, args.maxpool)
+    blocked = {b.node: b for b in assessment.blockers if b.node}
     table = [("node", "op", "output shape", "rule")]
     for name in sub.nodes:
         node = mg.nodes[name]
-        handler = ops.HANDLERS.get(node.op_type)
-        if handler is None:
-            rule = "UNSUPPORTED (no relevance handler)"
+        if name in blocked:
+            rule = BLOCKED[blocked[name].kind]
+        elif name in assessment.rules:
+            rule = str(assessment.rules[name])
         else:
-            rule = str(rules[name]) if name in rules else HANDLING.get(handler.family, handler.family)
-        table.append((name, node.op_type, _shape(mg, node.output[0]), rule))
+            family = ops.family_of(mg, sub.tensors, node)
+            rule = HANDLING.get(family, family)
+        table.append((name, key_name(op_key(node)), _shape(mg, node.output[0]), rule))
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
-    blocking = [row for row in op_coverage(proto) if row.blocking]
-    print(f"{len(sub.nodes)} nodes carry relevance, {len(rules)} take a rule of composite "
+    print(f"{len(sub.nodes)} nodes carry relevance, {len(assessment.rules)} take a rule of composite "
           f"{composite.name!r} (MaxPool: {mode})")
-    if blocking:
-        listed = ", ".join(f"{row.op_type} ({row.on_path} nodes)" for row in blocking)
-        print(f"unsupported ops on the relevance path: {listed}; the model cannot be explained yet")
+    if assessment.blockers:
+        print(f"the model cannot be explained with {composite.name!r}:")
+        for line in summary(assessment.blockers):
+            print(f"  - {line}")
         return 1
     return 0
 
@@ -196,6 +203,90 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_.") or "layer"
 
 
+def _several_inputs(args, explainer, spec):
+    """{input name: [(name, sample, display, layout, size)]} for a model with several inputs:
+    every INPUT is NAME=FILE, one per model input (.npy keeps its dtype: token ids stay integers;
+    an image is preprocessed to that input's shape)."""
+    names = [i.name for i in explainer.compiled.inputs]
+    wanted = ", ".join(f"{n}=FILE" for n in names)
+    given = {}
+    for item in args.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or name not in names or name in given:
+            raise InputError(f"the model has {len(names)} inputs: give each once as NAME=FILE ({wanted}); got {item!r}")
+        given[name] = path
+    if set(given) != set(names):
+        raise InputError(f"the model has {len(names)} inputs: give each once as NAME=FILE ({wanted}); "
+                         f"missing {', '.join(n for n in names if n not in given)}")
+    read = {}
+    for name, path in given.items():
+        info = next(i for i in explainer.forward_model.graph.input if i.name == name)
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
+        if path.lower().endswith(".npy"):
+            if not os.path.isfile(path):
+                raise InputError(f"input file not found: {path}")
+            try:
+                array = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise InputError(f"{path} is not a numeric .npy array ({exc})") from None
+            samples = [array] if array.ndim == len(shape) - 1 else list(array)
+            stem = Path(path).stem
+            read[name] = [(stem if len(samples) == 1 and array.ndim == len(shape) - 1 else f"{stem}_{i}", s, None, "auto", None)
+                          for i, s in enumerate(samples)]
+        else:
+            read[name] = _read_inputs([path], shape, spec)
+    counts = {name: len(items) for name, items in read.items()}
+    if len(set(counts.values())) != 1:
+        raise InputError(f"the inputs hold different numbers of samples: {counts}")
+    return read
+
+
+def _explain_several(args, explainer, spec):
+    """Explain a model with several inputs (NAME=FILE each): per sample one line (predicted
+    class, score, target, the relevance sum over all inputs), then each input's relevance:
+    drawn for an image-shaped input (`<name>.<input>.png`), listed for the others."""
+    from .images import relevance_map
+    from .render import colorize, write_png
+
+    read = _several_inputs(args, explainer, spec)
+    names = list(read)
+    samples = read[names[0]]
+    os.makedirs(args.out, exist_ok=True)
+    total = len(samples)
+    for start in range(0, total, args.batch_size):
+        stop = min(start + args.batch_size, total)
+        feeds = {name: np.stack([item[1] for item in read[name][start:stop]]) for name in names}
+        res = explainer.explain(feeds, target=args.target, layers=args.layers)
+        for i in range(stop - start):
+            stem = samples[start + i][0]
+            lines = []
+            for source, relevance in res.sources.items():
+                r = relevance[i]
+                if source in read and r.ndim >= 2:
+                    _, sample, display, layout, size = read[source][start + i]
+                    png = os.path.join(args.out, f"{stem}.{_safe(source)}.png")
+                    write_png(png, _figure(sample, r, display, layout, size, args.cmap))
+                    lines.append(f"{stem} {source} relevance sum {float(r.sum(dtype=np.float64)):.4g} -> {png}")
+                else:
+                    lines.append(f"{stem} {source} relevance [{' '.join(f'{v:.6g}' for v in r.reshape(-1))}]")
+                if args.save_npy:
+                    _save_npy(os.path.join(args.out, f"{stem}.{_safe(source)}.relevance.npy"), r)
+            for layer in args.layers:
+                r = res.layers[layer][i]
+                write_png(os.path.join(args.out, f"{stem}.{_safe(layer)}.png"), _enlarge(colorize(relevance_map(r), args.cmap)))
+                if args.save_npy:
+                    _save_npy(os.path.join(args.out, f"{stem}.{_safe(layer)}.npy"), r)
+            scores = res.output[i].reshape(-1)
+            predicted = int(scores.argmax())
+            summed = sum(float(r[i].sum(dtype=np.float64)) for r in res.sources.values())
+            print(f"{stem}: predicted {predicted} (score {scores[predicted]:.4g}), target {int(res.target[i])}, "
+                  f"relevance sum {summed:.4g} over {len(res.sources)} inputs")
+            for line in lines:
+                print(line)
+        if total > PROGRESS_ABOVE:
+            _progress(stop, total)
+
+
 def _explain(args):
     import onnxruntime as ort
 
@@ -211,6 +302,8 @@ def _explain(args):
             raise InputError(f"execution provider(s) {missing} not available; available: {ort.get_available_providers()}")
     spec = preprocess_from(args.preprocess)
     explainer = Explainer(args.model, composite=args.composite, providers=args.providers, maxpool=args.maxpool)
+    if len(explainer.compiled.inputs) > 1:   # an image and a metadata vector, ...: NAME=FILE each
+        return _explain_several(args, explainer, spec)
     items = _read_inputs(args.inputs, _model_input_shape(explainer), spec)
     os.makedirs(args.out, exist_ok=True)
     total = len(items)
@@ -310,7 +403,8 @@ def parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="explain images or .npy arrays; write heatmap PNGs")
     model_options(explain)
-    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays (one sample or a batch)")
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays (one sample or a batch); "
+                         "NAME=FILE for each input of a model with several")
     explain.add_argument("--target", type=_target, default=None, help="class index to explain, or 'pred' (default)")
     explain.add_argument("--preprocess", default="none",
                          help="images: imagenet, mnist, none (default: [0, 1], the model's size) or a JSON file")
@@ -355,6 +449,44 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--providers", nargs="+", metavar="PROVIDER", help="onnxruntime execution providers")
     evaluate.add_argument("--out", default="quality_out", help="output folder (default: quality_out)")
     evaluate.set_defaults(run=_evaluate)
+
+    def _audit(args):
+        from .audit.cli import run_cli
+
+        run_cli(args)
+
+    audit = sub.add_parser("audit", help="explain a dataset, find strategy clusters (SpRAy), write a report")
+    model_options(audit)   # a model to compile with --composite, or a saved explainer
+    audit.add_argument("data", help="an image folder (one subfolder per class), an .npz with 'x' (and 'y'), "
+                                    "or a .parquet file with an image column")
+    audit.add_argument("--out", required=True, help="output folder; a rerun into it resumes")
+    audit.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)")
+    audit.add_argument("--address", help="ray: the cluster to join (default: start a local one)")
+    audit.add_argument("--workers", type=int, help="ray: actors, one onnxruntime session each (default: CPUs or GPUs)")
+    audit.add_argument("--batch-size", type=int, default=64, help="samples per batch and commit (default: 64)")
+    audit.add_argument("--preprocess", default="none", help="images: imagenet, mnist, none (default) or a JSON file")
+    audit.add_argument("--target", choices=("pred", "label"), default="pred",
+                       help="explain the predicted class (default) or the label where known")
+    audit.add_argument("--float16", action="store_true", help="store the relevance as float16")
+    audit.add_argument("--providers", nargs="+", metavar="PROVIDER", help="onnxruntime execution providers")
+    audit.add_argument("--image-column", help="parquet: the column of image bytes (default: found by name or type)")
+    audit.add_argument("--label-column", help="parquet: the label column (default: label, y, target, ... if present)")
+    audit.add_argument("--max-clusters", type=int, default=8, help="SpRAy: most clusters per class (default: 8)")
+    audit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    audit.set_defaults(run=_audit)
+
+    def _web(args):
+        from .web import cli
+
+        cli(args)
+
+    web = sub.add_parser("web", help="the browser page (web/) with an explainer, served on localhost")
+    model_options(web)   # an explainer, or a model to compile first with --composite
+    web.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000; 0: a free one)")
+    web.add_argument("--preprocess", default="none",
+                     help="the page's default for images: imagenet, mnist, none (default) or a JSON file")
+    web.add_argument("--export", metavar="DIR", help="write the static page and the explainer into DIR instead of serving")
+    web.set_defaults(run=_web)
     return top
 
 

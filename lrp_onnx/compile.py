@@ -1,30 +1,39 @@
 """Compile a model and a composite into ONE explainer ONNX model (DESIGN.md section 2).
 
 The explainer keeps the model's forward graph and appends, in reverse topological order, the
-relevance graph of every node on the relevance path. Its inputs are the model input and
+relevance graph of every node on the relevance path. Its inputs are the model's inputs and
 ``lrp_target_mask`` (same shape as the output: the initial relevance is output * mask; NaN
-entries select the predicted class, i.e. the arg-max of each sample's output). Its outputs are
-the model output, ``lrp_relevance`` (shaped like the input) and, on request, the relevance
-of intermediate tensors as ``lrp_relevance:<tensor name>``.
+entries select the predicted class, i.e. the arg-max of each sample's output, at the last
+position for a sequence output (N, T, V)). Its outputs are the model output, ``lrp_relevance``
+(shaped like the one float input; per token for a token model: the sum over the embedding
+lookups), ``lrp_relevance:<source>`` per relevance source where there are several (inputs.py),
+and, on request, the relevance of intermediate tensors as ``lrp_relevance:<tensor name>``.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 import onnx
 from onnx import TensorProto, helper
 
-from . import ops
+from . import checks, deployed, ops
 from .builder import GraphBuilder
 from .ops import gradient as gradient_ops
+from .ops.context import Context
+from .ops.registry import key_name, op_key
 from .canonicalize import canonicalize
 from .composites import CompositeLike, Layer, resolve_composite
-from .errors import CompositeError, InputError, ModelError, UnsupportedOpError
+from .checks import Blocker, handler_blocker
+from .errors import CompositeError, InputError, LRPError, ModelError
 from .files import write_atomically
 from .graph import ModelGraph, RelevanceSubgraph, build_graph, relevance_subgraph
+from . import inputs
+from .inputs import ModelInput, Source, add_sources, model_inputs
 from .load import PROTOBUF_LIMIT, ModelLike, default_opset, infer_shapes, load_model, serialized_size
 from .rules import Rule
 
@@ -32,90 +41,30 @@ MASK_INPUT = "lrp_target_mask"
 RELEVANCE_OUTPUT = "lrp_relevance"
 LAYER_PREFIX = "lrp_relevance:"
 
-#: Ops through which the sign of their input is kept (used to skip zero branches).
-_SIGN_KEEPING = {"MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"}
-
-
-class Context:
-    """What a handler may use: the model graph, the builder, the MaxPool mode, and helpers."""
-
-    def __init__(self, graph: ModelGraph, builder: GraphBuilder, maxpool: str,
-                 forward_nodes: Dict[str, onnx.NodeProto], carrying: Set[str]):
-        self.graph, self.builder, self.maxpool = graph, builder, maxpool
-        self.carrying = carrying   # the tensors on the relevance path
-        self._forward_nodes = forward_nodes
-        self._shapes: Dict[str, str] = {}
-        self._nonneg: Dict[str, bool] = {}
-
-    def shape_of(self, tensor: str) -> str:
-        """A Shape node of ``tensor`` (one per tensor)."""
-        if tensor not in self._shapes:
-            self._shapes[tensor] = self.builder.op("Shape", [tensor], "shape")
-        return self._shapes[tensor]
-
-    def carries(self, tensor: str) -> bool:
-        """True when relevance flows into ``tensor`` (False for constants and side inputs)."""
-        return tensor in self.carrying
-
-    def constant_initializer(self, value, hint: str) -> str:
-        """A new initializer that rules may read and modify like a model weight."""
-        name = self.builder.const(value, hint)
-        self.graph.constants[name] = next(t for t in reversed(self.builder.initializers) if t.name == name)
-        return name
-
-    def zeros_like(self, tensor: str) -> str:
-        """A float zero tensor shaped like ``tensor``."""
-        return self.builder.op("ConstantOfShape", [self.shape_of(tensor)], "zeros",
-                               value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
-
-    def unbroadcast(self, relevance: str, result: str, tensor: str) -> str:
-        """The relevance of ``result`` (a broadcast of ``tensor``) summed back onto ``tensor``'s
-        shape: over the leading axes broadcasting added and the axes it stretched from 1."""
-        out_shape, in_shape = self.graph.shape(result), self.graph.shape(tensor)
-        lead = len(out_shape) - len(in_shape)
-        axes = list(range(lead)) + [lead + i for i, d in enumerate(in_shape) if d == 1 and out_shape[lead + i] != 1]
-        if not axes:
-            return relevance
-        summed = self.builder.reduce("ReduceSum", relevance, axes, keepdims=1, hint="r_unbroadcast")
-        return self.builder.op("Reshape", [summed, self.shape_of(tensor)], "r_unbroadcast")
-
-    def nonnegative(self, tensor: str) -> bool:
-        """True when ``tensor`` is >= 0 by construction (a ReLU output, possibly pooled or
-        reshaped); then the a- branches of a rule are exactly zero and are skipped."""
-        if tensor not in self._nonneg:
-            producer = self.graph.nodes.get(self.graph.producer.get(tensor, ""))
-            if producer is None:
-                result = False
-            elif producer.op_type == "Relu":
-                result = True
-            else:
-                result = producer.op_type in _SIGN_KEEPING and self.nonnegative(producer.input[0])
-            self._nonneg[tensor] = result
-        return self._nonneg[tensor]
-
-    def maxpool_indices(self, node: onnx.NodeProto) -> str:
-        """The Indices output of a forward MaxPool node (added to the node if it has none)."""
-        forward = self._forward_nodes[node.name]
-        if len(forward.output) < 2 or not forward.output[1]:
-            name = self.builder.fresh("maxpool_indices")
-            if len(forward.output) < 2:
-                forward.output.append(name)
-            else:
-                forward.output[1] = name
-        return forward.output[1]
-
 
 @dataclass
 class CompiledExplainer:
     """The explainer model and what it was made of."""
 
     model: Optional[onnx.ModelProto]     # None once an Explainer's session holds the weights
-    input_name: str
+    inputs: List[ModelInput]
+    sources: List[Source]
     output_name: str
+    output_shape: Tuple                  # dims, symbolic where the model's are
     rules: Dict[str, Rule]
     layer_tensors: List[str]             # tensors whose relevance can be requested, forward order
     layer_outputs: Dict[str, str]        # requested tensor -> explainer output name
+    source_outputs: Dict[str, str]       # source name -> explainer output name
+    relevance_output: Optional[str]      # RELEVANCE_OUTPUT, or None (several float inputs)
     passes: List[str] = field(default_factory=list)
+
+    @property
+    def input_name(self) -> str:
+        """The model's one input (an error for a model with several)."""
+        if len(self.inputs) != 1:
+            names = ", ".join(i.name for i in self.inputs)
+            raise ModelError(f"the model has {len(self.inputs)} inputs ({names}), not one")
+        return self.inputs[0].name
 
     def save(self, path, external_data: bool = False) -> None:
         """Write the standalone explainer model (see ``save_model``)."""
@@ -144,6 +93,24 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False) -> Non
     write_atomically(path, write, companions=(location,))
 
 
+#: Element types that every IR version since 4 has (newer IRs add float8, int4, float4, ...).
+_CLASSIC_TYPES = {getattr(TensorProto, t) for t in (
+    "FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+    "UINT64", "BOOL", "STRING")}
+
+
+def lowest_ir_version(model: onnx.ModelProto, current: int) -> int:
+    """The lowest IR version ``model``'s opsets need (8 with model-local functions), at most
+    ``current``: onnx 1.20+ writes IR 14, which older runtimes (onnxruntime-web and -node 1.30
+    read IR <= 13) refuse; ``current`` where an element type of a newer IR is used."""
+    types = {t.data_type for t in model.graph.initializer} | {
+        v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
+    if not types <= _CLASSIC_TYPES | {0}:
+        return current
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    return min(current, max(needed, 8 if model.functions else 4))
+
+
 @dataclass
 class Prepared:
     """A model after load -> canonicalize -> graph, ready to be compiled with any composite."""
@@ -151,30 +118,27 @@ class Prepared:
     graph: ModelGraph
     subgraph: RelevanceSubgraph
     passes: List[str]
+    inputs: List[ModelInput]
+    sources: List[Source]
+    deployed: Optional[onnx.ModelProto] = None   # the file's own graph, for a quantized/float16 one (deployed.py)
 
 
 def prepare(model: ModelLike) -> Prepared:
-    """load -> canonicalize -> graph; checks that every node on the relevance path has a handler."""
+    """load -> canonicalize -> relevance sources (inputs.py) -> graph. What stops the model
+    from being explained is found when it is compiled (``assess``), so that a model that
+    cannot be compiled can still be inspected."""
     proto = load_model(model)
     changed = canonicalize(proto)
     infer_shapes(proto)
-    mg = build_graph(proto)
+    sources = add_sources(proto)
+    if any(s.tensor.startswith(inputs.EXPAND_PREFIX) for s in sources):
+        infer_shapes(proto)   # a lookup shared by the batch was expanded to it
+    mg = build_graph(proto, sources=[s.tensor for s in sources])
     for name in (MASK_INPUT, RELEVANCE_OUTPUT):
         if name in mg.producer or name in mg.constants:
             raise ModelError(f"the model already has a tensor named {name!r}, which the explainer needs")
-    sub = relevance_subgraph(mg, ops.data_slots)
-    unsupported = [mg.nodes[n] for n in sub.nodes if mg.nodes[n].op_type not in ops.HANDLERS]
-    if unsupported:
-        listed = ", ".join(f"{n.name!r} ({n.op_type})" for n in unsupported)
-        raise UnsupportedOpError(
-            f"no relevance handler for node(s) {listed}; supported ops: {', '.join(ops.supported_ops())}"
-        )
-    mg.static_shape(mg.data_input)   # relevance needs static sizes after the batch axis: say so about the input
-    for tensor in (mg.data_input, mg.output):
-        if mg.elem_types.get(tensor) != TensorProto.FLOAT:
-            raise ModelError(f"lrp_onnx explains float32 models; {tensor!r} has ONNX element type "
-                             f"{TensorProto.DataType.Name(mg.elem_types.get(tensor, 0))}")
-    return Prepared(mg, sub, changed)
+    return Prepared(mg, relevance_subgraph(mg, ops.data_slots), changed, model_inputs(proto), sources,
+                    deployed.original_forward(model, changed, mg.output))
 
 
 def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
@@ -182,7 +146,9 @@ def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
     order, and uncounted ones (index None) such as an unfoldable BatchNormalization."""
     layers, counted = [], 0
     for name in sub.nodes:
-        family = ops.HANDLERS[mg.nodes[name].op_type].family
+        if not ops.has_handler(mg.nodes[name]):   # a blocker (find_blockers): takes no rule
+            continue
+        family = ops.family_of(mg, sub.tensors, mg.nodes[name])   # per node: a MatMul may be "bilinear"
         if family in ops.LAYER_FAMILIES:
             layers.append(Layer(name, mg.nodes[name].op_type, family, counted))
             counted += 1
@@ -192,9 +158,9 @@ def layers_of(mg: ModelGraph, sub: RelevanceSubgraph) -> List[Layer]:
 
 
 def relevance_tensors(mg: ModelGraph, sub: RelevanceSubgraph) -> List[str]:
-    """The tensors whose relevance can be requested: the input and every tensor that a
+    """The tensors whose relevance can be requested: the sources and every tensor that a
     relevance-carrying node reads, in forward order."""
-    found = [mg.data_input] + [t for n in sub.nodes for t in mg.nodes[n].input if t in sub.tensors]
+    found = list(mg.sources) + [t for n in sub.nodes for t in mg.nodes[n].input if t in sub.tensors]
     return list(dict.fromkeys(found))
 
 
@@ -204,55 +170,100 @@ def check_layer_names(requested: Sequence[str], available: Sequence[str]) -> Non
         raise InputError(f"no relevance for tensor(s) {unknown}; tensors with relevance: {', '.join(available)}")
 
 
-def _initial_relevance(ctx: Context, gradient: bool = False) -> str:
+#: The rank of a sequence output (N, T, V) (a causal LM's logits): its predicted class is the
+#: arg-max at the last position.
+SEQUENCE_RANK = 3
+
+
+def _initial_relevance(ctx: Context, gradient: bool = False, scores: Optional[str] = None) -> str:
     """output * mask, where NaN entries of the mask take the one-hot of each sample's arg-max
-    (the predicted class): R at the top of the network (tutorial: R[L] = A[L] * T). In
-    gradient mode the mask itself: the gradient of the score sum(output * mask)."""
+    (the predicted class; at the last position of a sequence output): R at the top of the
+    network (tutorial: R[L] = A[L] * T). The mask may have size 1 on axes it is broadcast
+    along. In gradient mode the mask itself: the gradient of the score sum(output * mask).
+    ``scores``: the tensor whose arg-max is the predicted class (default: the output; a deployed
+    file's own output, see deployed.py)."""
     b, out = ctx.builder, ctx.graph.output
-    flat = b.op("Flatten", [out], "out_flat", axis=1)
-    classes = b.op("Shape", [flat], "out_classes", start=1)
-    predicted = b.op("ArgMax", [flat], "pred", axis=1, keepdims=0)
-    hot = b.op("OneHot", [predicted, classes, b.const([0.0, 1.0], "onehot_values")], "pred_onehot", axis=-1)
-    mask = b.op("Where", [b.op("IsNaN", [MASK_INPUT], "mask_nan"), b.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask"),
-                          MASK_INPUT], "mask")
+    scores = scores or out
+    values = b.const([0.0, 1.0], "onehot_values")
+    if len(ctx.graph.shape(out)) == SEQUENCE_RANK:
+        last = b.op("Gather", [scores, b.const(-1, "last", np.int64)], "out_last", axis=1)
+        predicted = b.op("ArgMax", [last], "pred", axis=1, keepdims=0)
+        hot = b.op("OneHot", [predicted, b.op("Shape", [out], "out_classes", start=2), values], "pred_onehot", axis=-1)
+        length = b.op("Shape", [out], "out_length", start=1, end=2)
+        last_position = b.op("Sub", [length, b.const([1], "one", np.int64)], "last_position")
+        at_last = b.op("OneHot", [last_position, length, values], "at_last", axis=-1)
+        predicted_mask = b.op("Mul", [b.op("Unsqueeze", [hot, b.const([1], "axis1", np.int64)], "pred_onehot"),
+                                      b.op("Unsqueeze", [at_last, b.const([2], "axis2", np.int64)], "at_last")],
+                              "pred_mask")
+    else:
+        flat = b.op("Flatten", [scores], "out_flat", axis=1)
+        classes = b.op("Shape", [flat], "out_classes", start=1)
+        predicted = b.op("ArgMax", [flat], "pred", axis=1, keepdims=0)
+        hot = b.op("OneHot", [predicted, classes, values], "pred_onehot", axis=-1)
+        predicted_mask = b.op("Reshape", [hot, ctx.shape_of(out)], "pred_mask")
+    mask = b.op("Where", [b.op("IsNaN", [MASK_INPUT], "mask_nan"), predicted_mask, MASK_INPUT], "mask")
     return mask if gradient else b.op("Mul", [out, mask], "r_top")
 
 
-def compile_explainer(
-    model: Union[ModelLike, Prepared], composite: CompositeLike = "epsilon_gamma_box",
-    maxpool: Optional[str] = None, layers: Sequence[str] = (),
-) -> CompiledExplainer:
-    """Build the explainer model. ``model``: a path, a ModelProto, or a ``prepare``d model
-    (reused as it is, so several explainers of one model load it once). ``maxpool`` overrides
-    the composite's MaxPool mode; ``layers`` names tensors whose relevance becomes an output."""
-    composite = resolve_composite(composite)
+def default_mask(output: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(the predicted class per sample, its one-hot mask shaped like ``output``): what a NaN
+    mask selects in the explainer (``_initial_relevance``)."""
+    n = len(output)
+    if output.ndim == SEQUENCE_RANK:
+        target = output[:, -1].argmax(axis=-1)
+        mask = np.zeros_like(output)
+        mask[np.arange(n), -1, target] = 1.0
+        return target, mask
+    flat = output.reshape(n, -1)
+    target = flat.argmax(axis=1)
+    mask = np.zeros_like(flat)
+    mask[np.arange(n), target] = 1.0
+    return target, mask.reshape(output.shape)
+
+
+@dataclass
+class _RelevanceGraph:
+    """The relevance nodes of every node on the path, or the blockers that stopped some."""
+
+    ctx: Context
+    graph: onnx.GraphProto               # a copy of the forward graph (MaxPool may gain Indices)
+    rules: Dict[str, Rule]
+    relevance_of: Callable[[str], str]   # tensor -> its relevance tensor
+    blockers: List[Blocker]
+
+
+def _mode(composite, maxpool: Optional[str]) -> str:
     mode = maxpool or composite.maxpool
     if mode not in ("winner", "avg"):
         raise ModelError(f"maxpool must be 'winner' or 'avg', got {mode!r}")
-    gradient = composite.method != "lrp"   # "gradient" / "gradient_x_input": VJPs instead of rules
-    if gradient and mode != "winner":
+    if composite.method != "lrp" and mode != "winner":
         raise CompositeError(f"{composite.method}: the gradient of MaxPool is winner-take-all; maxpool={mode!r} does not apply")
-    prepared = model if isinstance(model, Prepared) else prepare(model)
-    mg, sub, passes = prepared.graph, prepared.subgraph, prepared.passes
-    rules = composite.assign(layers_of(mg, sub), mode)
+    return mode
 
-    layer_tensors = relevance_tensors(mg, sub)
-    check_layer_names(layers, layer_tensors)
+
+def _relevance_graph(prepared: Prepared, composite, mode: str) -> _RelevanceGraph:
+    """Walk the relevance path in reverse topological order and let each node's handler append
+    its relevance nodes. A node that cannot be handled (no handler or VJP, or its handler
+    refuses it) becomes a Blocker, and zeros flow on from it, so that one walk finds every
+    blocker; the checks of the explained input and output come first (checks.model_blockers)."""
+    mg, sub = prepared.graph, prepared.subgraph
+    gradient = composite.method != "lrp"   # "gradient" / "gradient_x_input": VJPs instead of rules
+    table = gradient_ops.GRADIENT_HANDLERS if gradient else ops.HANDLERS
+    blockers = [handler_blocker(key_name(op_key(mg.nodes[n])), n, gradient)
+                for n in sub.nodes if not ops.has_handler(mg.nodes[n], table)]
+    blockers += checks.model_blockers(mg)
+    try:
+        rules = composite.assign(layers_of(mg, sub), mode)
+    except CompositeError as exc:
+        rules, blockers = {}, blockers + [Blocker(str(exc), "give a rule for every layer (see `lrp-onnx inspect`)",
+                                                  kind="composite", error=CompositeError)]
 
     graph = onnx.GraphProto()
     graph.CopyFrom(mg.model.graph)
     taken = set(mg.producer) | set(mg.constants) | {n.name for n in graph.node} | {i.name for i in graph.input}
     builder = GraphBuilder(default_opset(mg.model), taken)
     ctx = Context(mg, builder, mode, {node.name: node for node in graph.node}, sub.tensors)
-
     incoming: Dict[str, List[str]] = defaultdict(list)
-    if gradient:   # every op must have a VJP: list all that lack one before building anything
-        missing = [mg.nodes[n] for n in sub.nodes if mg.nodes[n].op_type not in gradient_ops.GRADIENT_HANDLERS]
-        if missing:
-            raise UnsupportedOpError(
-                f"no gradient (vector-Jacobian product) for node(s) "
-                f"{', '.join(f'{n.name!r} ({n.op_type})' for n in missing)}; ops with one: {', '.join(gradient_ops.supported())}")
-    incoming[mg.output].append(_initial_relevance(ctx, gradient))
     summed: Dict[str, str] = {}
 
     def relevance_of(tensor: str) -> str:
@@ -262,20 +273,74 @@ def compile_explainer(
             summed[tensor] = builder.sum(incoming[tensor], "r_fanin") if incoming.get(tensor) else ctx.zeros_like(tensor)
         return summed[tensor]
 
-    for name in reversed(sub.nodes):   # reverse topological order
+    if blockers:   # the handlers would only meet the same problems again
+        return _RelevanceGraph(ctx, graph, rules, relevance_of, blockers)
+    scores = deployed.scores_name(mg.output) if prepared.deployed is not None else None
+    incoming[mg.output].append(_initial_relevance(ctx, gradient, scores))
+    for name in reversed(sub.nodes):
         node = mg.nodes[name]
         relevance = {t: relevance_of(t) for t in node.output if t in sub.tensors and incoming.get(t)}
         if not relevance:   # nothing flows back through this node (it only feeds gates)
             continue
-        propagate = gradient_ops.handler_for(node) if gradient else ops.handler_for(node).propagate
-        for tensor, r in propagate(ctx, node, rules.get(name), relevance):
-            incoming[tensor].append(r)
+        try:
+            propagate = gradient_ops.handler_for(node) if gradient else ops.handler_for(node).propagate
+            for tensor, r in propagate(ctx, node, rules.get(name), relevance):
+                incoming[tensor].append(r)
+        except LRPError as exc:
+            blockers.append(checks.from_exception(exc, key_name(op_key(node)), name))
+    return _RelevanceGraph(ctx, graph, rules, relevance_of, blockers)
 
-    outputs = {RELEVANCE_OUTPUT: mg.data_input, **{LAYER_PREFIX + t: t for t in layers}}
-    for name, tensor in outputs.items():
-        result = relevance_of(tensor)
-        if composite.method == "gradient_x_input":   # x * dscore/dx (and a * dscore/da for layers)
-            result = builder.op("Mul", [tensor, result], "g_times_input")
+
+@dataclass(frozen=True)
+class Assessment:
+    """What compiling a model with a composite would do: the rule of each layer, and every
+    blocker (empty when the model can be explained)."""
+
+    rules: Dict[str, Rule]
+    blockers: List[Blocker]
+
+
+def assess(model: Union[ModelLike, Prepared], composite: CompositeLike = "epsilon_gamma_box",
+           maxpool: Optional[str] = None) -> Assessment:
+    """The walk of ``compile_explainer(model, composite, maxpool)``, its blockers collected
+    instead of raised: what ``lrp-onnx inspect`` and ``lrp_onnx.coverage`` report."""
+    composite = resolve_composite(composite)
+    prepared = model if isinstance(model, Prepared) else prepare(model)
+    built = _relevance_graph(prepared, composite, _mode(composite, maxpool))
+    return Assessment(built.rules, built.blockers)
+
+
+def compile_explainer(
+    model: Union[ModelLike, Prepared], composite: CompositeLike = "epsilon_gamma_box",
+    maxpool: Optional[str] = None, layers: Sequence[str] = (),
+) -> CompiledExplainer:
+    """Build the explainer model. ``model``: a path, a ModelProto, or a ``prepare``d model
+    (reused as it is, so several explainers of one model load it once). ``maxpool`` overrides
+    the composite's MaxPool mode; ``layers`` names tensors whose relevance becomes an output.
+    Every problem of the model is raised at once (checks.raise_blockers)."""
+    composite = resolve_composite(composite)
+    mode = _mode(composite, maxpool)
+    prepared = model if isinstance(model, Prepared) else prepare(model)
+    mg, sub, passes = prepared.graph, prepared.subgraph, prepared.passes
+    built = _relevance_graph(prepared, composite, mode)
+    gradient = composite.method != "lrp"
+    checks.raise_blockers(built.blockers, gradient_ops.supported() if gradient else ops.supported_ops())
+    layer_tensors = relevance_tensors(mg, sub)
+    check_layer_names(layers, layer_tensors)
+    graph, builder, rules, relevance_of = built.graph, built.ctx.builder, built.rules, built.relevance_of
+
+    explained: Dict[str, str] = {}
+
+    def relevance(tensor: str) -> str:
+        if tensor not in explained:
+            explained[tensor] = relevance_of(tensor)
+            if composite.method == "gradient_x_input":   # x * dscore/dx (and a * dscore/da for layers)
+                explained[tensor] = builder.op("Mul", [tensor, explained[tensor]], "g_times_input")
+        return explained[tensor]
+
+    outputs = _source_outputs(builder, mg, prepared.sources, relevance)
+    outputs.update({LAYER_PREFIX + t: (relevance(t), mg.shape(t)) for t in layers})
+    for name, (result, _) in outputs.items():
         builder.nodes.append(helper.make_node("Identity", [result], [name], name=builder.fresh("node_out")))
     graph.node.extend(builder.nodes)
     used = {name for node in builder.nodes for name in node.input}
@@ -285,11 +350,42 @@ def compile_explainer(
     graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, mg.shape(mg.output)))
     del graph.output[:]
     graph.output.append(out_info)
-    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, mg.shape(tensor))
-                        for name, tensor in outputs.items())
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+                        for name, (_, dims) in outputs.items())
     graph.name = f"lrp_explainer({mg.model.graph.name or 'model'}, {composite.name})"
+    if prepared.deployed is not None:   # the output is the deployed file's own (deployed.py)
+        deployed.embed(graph, prepared.deployed, mg.output)
 
     explainer = helper.make_model(graph, opset_imports=list(mg.model.opset_import), producer_name="lrp_onnx")
-    explainer.ir_version = mg.model.ir_version
+    explainer.functions.extend(mg.model.functions)   # model-local functions (canonicalize/rmsnorm.py)
+    explainer.ir_version = lowest_ir_version(explainer, mg.model.ir_version)
     layer_outputs = {t: LAYER_PREFIX + t for t in layers}
-    return CompiledExplainer(explainer, mg.data_input, mg.output, rules, layer_tensors, layer_outputs, passes)
+    single = RELEVANCE_OUTPUT if _one_float_input(prepared.sources) else None
+    source_outputs = {s.name: single or LAYER_PREFIX + s.name for s in prepared.sources}
+    return CompiledExplainer(explainer, prepared.inputs, prepared.sources, mg.output, mg.shape(mg.output), rules,
+                             layer_tensors, layer_outputs, source_outputs,
+                             RELEVANCE_OUTPUT if RELEVANCE_OUTPUT in outputs else None, passes)
+
+
+def _one_float_input(sources: Sequence[Source]) -> bool:
+    return len(sources) == 1 and not sources[0].is_embedding
+
+
+def _source_outputs(builder: GraphBuilder, mg: ModelGraph, sources: Sequence[Source],
+                    relevance: Callable[[str], str]) -> Dict[str, Tuple[str, Tuple]]:
+    """{output name: (relevance tensor, dims)} of the sources. One float input: its relevance
+    as ``lrp_relevance`` (nothing else). Otherwise ``lrp_relevance:<source>`` each, an
+    embedding lookup's summed over the hidden axis (one value per token), and, where there are
+    lookups, ``lrp_relevance``: their sum per token."""
+    if _one_float_input(sources):
+        return {RELEVANCE_OUTPUT: (relevance(sources[0].tensor), mg.shape(sources[0].tensor))}
+    outputs = {}
+    for source in sources:
+        result, dims = relevance(source.tensor), mg.shape(source.tensor)
+        if source.is_embedding:
+            result, dims = builder.reduce("ReduceSum", result, [-1], keepdims=0, hint="r_token"), dims[:-1]
+        outputs[LAYER_PREFIX + source.name] = (result, dims)
+    tokens = [outputs[LAYER_PREFIX + s.name] for s in sources if s.is_embedding]
+    if tokens:
+        outputs = {RELEVANCE_OUTPUT: (builder.sum([r for r, _ in tokens], "r_tokens"), tokens[0][1]), **outputs}
+    return outputs

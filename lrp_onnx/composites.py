@@ -2,9 +2,10 @@
 
 Layers are the linear-type nodes on the relevance path (Conv, Gemm, MatMul, AveragePool,
 GlobalAveragePool, ReduceMean/ReduceSum, MaxPool) in the model's order; ``Index`` counts them
-from 0. A BatchNormalization that could not be folded (family "norm") takes a rule too but is
-not counted: it gets Epsilon(1e-6) unless a predicate (Family("norm"), Name) picks another.
-Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is
+from 0. Uncounted families take a rule too, with a default when no predicate (Family, Name)
+picks one: "norm" (an unfoldable BatchNormalization, LayerNormalization, RMSNormalization)
+Epsilon(1e-6), "bilinear" (MatMul/Einsum/Mul of two activations) Uniform(), "softmax" (a
+Softmax inside the graph) AttnSoftmax(). Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is
 read: "winner" (relevance to the arg-max, as zennit's gradient) or "avg" (as average pooling,
 as the tutorial).
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from .errors import CompositeError
-from .rules import LRP0, AlphaBeta, Epsilon, Flat, Gamma, Gradient, Rule, ZBox, ZPlus, rule_from_dict
+from .rules import (LRP0, AlphaBeta, AttnSoftmax, CPConstant, Epsilon, Flat, Gamma, Gradient, Rule, Uniform, ZBox, ZPlus,
+                    rule_from_dict)
 
 #: ImageNet pixel range [0, 1] after torchvision's normalisation, per channel.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,8 +36,10 @@ FAMILY_GROUPS = {
     "all": ("conv", "dense", "avgpool", "maxpool"),
 }
 #: Families outside "all" and outside the layer index, with the rule they get when no predicate
-#: matches: an unfoldable BatchNormalization is read with zennit's Norm-like epsilon rule.
-UNCOUNTED_FAMILIES = {"norm": Epsilon(1e-6)}
+#: matches: an unfoldable BatchNormalization (and a LayerNorm/RMSNorm, statistics held constant)
+#: is read with zennit's Norm-like epsilon rule; products of two activations and Softmax take
+#: AttnLRP's rules (Achtibat et al. 2024), which are what an LRP of them means by default.
+UNCOUNTED_FAMILIES = {"norm": Epsilon(1e-6), "bilinear": Uniform(), "softmax": AttnSoftmax()}
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Predicate:
 @dataclass(frozen=True)
 class Family(Predicate):
     """Layers of the given families: conv, dense, avgpool, maxpool, or the groups linear
-    (conv+dense), pool (avgpool+maxpool), all."""
+    (conv+dense), pool (avgpool+maxpool), all; and the uncounted norm, bilinear, softmax."""
 
     families: Tuple[str, ...]
 
@@ -225,21 +229,62 @@ def tutorial_vgg16(low=IMAGENET_LOW, high=IMAGENET_HIGH) -> Composite:
     )
 
 
+def _transformer(linear: Tuple[Tuple[Predicate, Rule], ...], cp: bool, epsilon: float, uniform_epsilon: float,
+                 name: str) -> Composite:
+    """The linear layers' rules, then pooling and norms Epsilon(epsilon), and inside attention
+    AttnLRP's rules (uniform, softmax) or CP-LRP's (attention probabilities and gates constant)."""
+    inner = CPConstant(uniform_epsilon) if cp else None
+    return Composite(linear + (
+        (Family("pool"), Epsilon(epsilon)),
+        (Family("norm"), Epsilon(epsilon)),
+        (Family("bilinear"), inner or Uniform(uniform_epsilon)),
+        (Family("softmax"), inner or AttnSoftmax()),
+    ), "winner", name)
+
+
+def attnlrp(epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
+    """AttnLRP (Achtibat et al. 2024) with LXT's rules: linear layers (Conv, Gemm, MatMul with
+    a constant weight) and pooling Epsilon(1e-6), products of two activations the uniform rule
+    (LXT's ``matmul`` epsilon 1e-8), Softmax AttnLRP's rule, LayerNorm with sigma held constant
+    under Epsilon(1e-6) (LXT's ``layer_norm``), RMSNorm the same (the identity up to the
+    stabilizer: LXT's ``rms_norm_identity``), activations identity, sums Norm-like."""
+    return _transformer(((Family("linear"), Epsilon(epsilon)),), False, epsilon, uniform_epsilon, "attnlrp")
+
+
+def cp_lrp(epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
+    """CP-LRP (Ali et al. 2022; LXT's ``cp_LRP``): as attnlrp, but the attention probabilities
+    and SwiGLU's activated gates are constants: no relevance to Q K^T, all of A V's to V, all of
+    act(gate) * up's to up."""
+    return _transformer(((Family("linear"), Epsilon(epsilon)),), True, epsilon, uniform_epsilon, "cp_lrp")
+
+
+def vit_gamma(conv_gamma=0.25, linear_gamma=0.05, epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
+    """LXT's ViT recipe (its examples/vit_torch.py with lxt.efficient.models.vit_torch): zennit's
+    Gamma on Conv (0.25) and on Linear layers (0.05), CP-LRP inside attention, LayerNorm with
+    sigma constant, GELU identity."""
+    linear = ((Family("conv"), Gamma(conv_gamma, epsilon)), (Family("dense"), Gamma(linear_gamma, epsilon)))
+    return _transformer(linear, True, epsilon, uniform_epsilon, "vit_gamma")
+
+
+#: What the gradient methods cover: every family that takes a rule.
+_GRADIENT_FAMILIES = Family("all", "norm", "bilinear", "softmax")
+
+
 def gradient() -> Composite:
     """Not LRP: the gradient of the explained score with respect to the input, computed in the
     same compiled graph (a baseline for lrp_onnx.evaluate)."""
-    return Composite(((Family("all", "norm"), Gradient()),), "winner", "gradient", method="gradient")
+    return Composite(((_GRADIENT_FAMILIES, Gradient()),), "winner", "gradient", method="gradient")
 
 
 def gradient_x_input() -> Composite:
     """Not LRP: gradient x input (Shrikumar et al. 2016), the input times the gradient above."""
-    return Composite(((Family("all", "norm"), Gradient()),), "winner", "gradient_x_input", method="gradient_x_input")
+    return Composite(((_GRADIENT_FAMILIES, Gradient()),), "winner", "gradient_x_input", method="gradient_x_input")
 
 
 PRESETS: Dict[str, Callable[..., Composite]] = {
     f.__name__: f
     for f in (epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, epsilon_alpha2_beta1, tutorial_mlp, tutorial_vgg16,
-              gradient, gradient_x_input)
+              attnlrp, cp_lrp, vit_gamma, gradient, gradient_x_input)
 }
 
 

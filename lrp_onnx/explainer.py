@@ -12,10 +12,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .compile import (MASK_INPUT, RELEVANCE_OUTPUT, CompiledExplainer, check_layer_names, compile_explainer, prepare,
-                      save_model)
+from .compile import (MASK_INPUT, SEQUENCE_RANK, CompiledExplainer, check_layer_names, compile_explainer, default_mask,
+                      prepare, save_model)
 from .composites import CompositeLike, resolve_composite
+from .deployed import TWIN_OUTPUT
 from .errors import InputError
+from .inputs import read_feeds
 from .load import PROTOBUF_LIMIT, ModelLike, serialized_size
 
 
@@ -51,21 +53,27 @@ def create_session(model: onnx.ModelProto, providers: Optional[Sequence] = None)
 class Explanation:
     """The result of ``Explainer.explain``.
 
-    relevance: shaped like x. output: the model's output (logits). layers: {tensor: relevance}.
-    target: the explained class per sample (None when a mask was given). ``total`` is the
-    relevance put on the output per sample, ``conservation`` sum(relevance) / total per sample
+    relevance: what one reads: for a model with one float input, shaped like it; for a token
+    model, one value per token (N, T), summed over the hidden axis and over every embedding
+    lookup (word, position, token type); None for several float inputs (see ``sources``).
+    sources: {source name: relevance} for every relevance source: each float input (shaped
+    like it) and each embedding table (per token, (N, T)). output: the model's output
+    (logits). layers: {tensor: relevance}. target: the explained class per sample (at the last
+    position for a sequence output; None when a mask was given). ``total`` is the relevance put
+    on the output per sample, ``conservation`` the sum over every source / total per sample
     (1 for a conservative rule set, Montavon et al. 2019 eq. 2).
     """
 
-    relevance: np.ndarray
+    relevance: Optional[np.ndarray]
     output: np.ndarray
     layers: Dict[str, np.ndarray] = field(default_factory=dict)
     target: Optional[np.ndarray] = None
     total: Optional[np.ndarray] = None
+    sources: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def conservation(self) -> np.ndarray:
-        summed = self.relevance.reshape(len(self.relevance), -1).sum(axis=1, dtype=np.float64)
+        summed = sum(r.reshape(len(r), -1).sum(axis=1, dtype=np.float64) for r in self.sources.values())
         with np.errstate(divide="ignore", invalid="ignore"):
             return summed / self.total
 
@@ -107,6 +115,18 @@ class Explainer:
         return dict(self.compiled.rules)
 
     @property
+    def inputs(self):
+        """The model's inputs (``inputs.ModelInput``: name, element type, shape) in the order
+        ``explain`` and the saved explainer take them."""
+        return list(self.compiled.inputs)
+
+    @property
+    def sources(self):
+        """The relevance sources (``inputs.Source``): each float input, each embedding lookup;
+        their names key ``Explanation.sources``."""
+        return list(self.compiled.sources)
+
+    @property
     def layer_names(self):
         """The tensors whose relevance ``explain(..., layers=...)`` can return, in forward order."""
         return list(self.compiled.layer_tensors)
@@ -125,58 +145,49 @@ class Explainer:
                 self._sessions[with_layers] = (session, compiled)
             return self._sessions[with_layers]
 
-    def _input_array(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype.kind not in "fiu":
-            raise InputError(f"input must be a numeric array, got dtype {x.dtype}")
-        session, compiled = self._session(False)
-        meta = session.get_inputs()[0]
-        expected = meta.shape
-        if x.ndim != len(expected):
-            raise InputError(f"input has shape {x.shape}; the model expects rank {len(expected)}: {tuple(expected)}")
-        for axis, (got, want) in enumerate(zip(x.shape, expected)):
-            if isinstance(want, int) and want > 0 and got != want:
-                raise InputError(f"input has shape {x.shape}; the model expects {tuple(expected)} (axis {axis})")
-        if x.shape[0] == 0:
-            raise InputError("the input batch is empty")
-        if not np.all(np.isfinite(x)):
-            raise InputError("the input contains NaN or Inf values")
-        with np.errstate(over="ignore"):
-            x = x.astype(np.float32, copy=False)   # documented: integer and float64 inputs are cast
-        if not np.all(np.isfinite(x)):
-            raise InputError("the input has values beyond float32's range (|x| > 3.4e38)")
-        return x
+    def _output_shape(self, feeds) -> Tuple[Optional[int], ...]:
+        """The output's dims for these inputs: static ones, the batch size, and symbolic ones
+        that an input shares (the sequence length); None where only the run tells."""
+        sizes = {meta.shape[axis]: feeds[meta.name].shape[axis] for meta in self.compiled.inputs
+                 for axis in range(1, len(meta.shape)) if isinstance(meta.shape[axis], str)}
+        dims = self.compiled.output_shape
+        n = len(next(iter(feeds.values())))
+        return (n,) + tuple(d if isinstance(d, int) and d > 0 else sizes.get(d) for d in dims[1:])
 
-    def _mask(self, target, output_shape) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        n, classes = output_shape[0], int(np.prod(output_shape[1:]))
-        if target is None:
-            return np.full(output_shape, np.nan, np.float32), None
+    def _mask(self, target, shape) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """The ``lrp_target_mask`` for ``target`` (see ``explain``) on an output of ``shape``,
+        and the target class per sample when one was given."""
+        n, sequence = shape[0], len(shape) == SEQUENCE_RANK
+        if target is None:   # NaN: the explainer picks the class; a size only the run tells is broadcast from 1
+            return np.full([1 if d is None else d for d in shape], np.nan, np.float32), None
         target = np.asarray(target)
         if target.ndim == 0 or target.shape == (n,):
             if target.dtype.kind not in "iu":
                 raise InputError(f"target must be an int, one int per sample, or a mask; got dtype {target.dtype}")
+            if None in shape:
+                raise InputError(f"the model output's shape {shape} has sizes known only when it runs: pass "
+                                 f"target=None (the predicted class) or a mask shaped like the output")
+            classes = shape[-1] if sequence else int(np.prod(shape[1:]))
             target = np.broadcast_to(target, (n,)).astype(np.int64)
             if np.any(target < 0) or np.any(target >= classes):
-                raise InputError(f"target {target.tolist()} is out of range: the model has {classes} outputs")
-            mask = np.zeros((n, classes), np.float32)
-            mask[np.arange(n), target] = 1.0
-            return mask.reshape(output_shape), target
-        if target.shape != tuple(output_shape):
-            raise InputError(f"a target mask must have the output's shape {tuple(output_shape)}, got {target.shape}")
+                raise InputError(f"target {target.tolist()} is out of range: the model has {classes} outputs"
+                                 + (" per position" if sequence else ""))
+            mask = np.zeros((n, shape[1] if sequence else 1, classes), np.float32)
+            mask[np.arange(n), -1, target] = 1.0   # a sequence output: the class at the last position
+            return mask.reshape(shape), target
+        if target.ndim != len(shape) or any(d is not None and d != g for d, g in zip(shape, target.shape)):
+            expected = tuple("?" if d is None else d for d in shape)
+            raise InputError(f"a target mask must have the output's shape {expected}, got {target.shape}")
         if not np.all(np.isfinite(target)):
             raise InputError("the target mask contains NaN or Inf values")
         return target.astype(np.float32), None
 
-    def _output_shape(self, session, x) -> Tuple[int, ...]:
-        shape = session.get_outputs()[0].shape
-        dims = [x.shape[0]] + [d if isinstance(d, int) else None for d in shape[1:]]
-        if any(d is None for d in dims):
-            raise InputError(f"the model output has dynamic dimensions {shape}; pass target=None or an int")
-        return tuple(dims)
-
     def explain(self, x, target=None, layers: Sequence[str] = (), batch_size: Optional[int] = None) -> Explanation:
-        """Explain a batch ``x``. target: None (predicted class), an int, one int per sample,
-        or a mask shaped like the output (relevance at the output = output * mask).
+        """Explain a batch ``x``: one array (a one-input model) or a dict {input name: array}
+        (every input of the model; token ids as integers). target: None (the predicted class;
+        for a sequence output (N, T, V), the arg-max at the last position), an int, one int
+        per sample (the class, at the last position for a sequence output), or a mask shaped
+        like the output (relevance at the output = output * mask).
         layers: tensor names (see ``layer_names``) whose relevance to return too.
         batch_size: run at most this many samples at once (bounds onnxruntime's memory; each
         sample's explanation does not depend on the others)."""
@@ -185,26 +196,33 @@ class Explainer:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
                                        or batch_size < 1):
             raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        x = self._input_array(x)
+        feeds = read_feeds(self.compiled.inputs, x, self.compiled.sources)
         session, compiled = self._session(bool(layers))
-        mask, resolved = self._mask(target, self._output_shape(session, x))
-        wanted = [compiled.output_name, RELEVANCE_OUTPUT] + [compiled.layer_outputs[t] for t in layers]
-        step = batch_size or len(x)
-        chunks = [session.run(wanted, {compiled.input_name: x[i:i + step], MASK_INPUT: mask[i:i + step]})
-                  for i in range(0, len(x), step)]
-        results = chunks[0] if len(chunks) == 1 else [np.concatenate(parts) for parts in zip(*chunks)]
-        output, relevance = results[0], results[1]
+        mask, resolved = self._mask(target, self._output_shape(feeds))
+        sources = compiled.source_outputs   # source name -> output name
+        wanted = [compiled.output_name] + ([compiled.relevance_output] if compiled.relevance_output else [])
+        wanted = list(dict.fromkeys(wanted + list(sources.values()) + [compiled.layer_outputs[t] for t in layers]))
+        if self._prepared.deployed is not None:   # the relevance starts on the twin's output (deployed.py)
+            wanted.append(TWIN_OUTPUT)
+        n = len(mask)
+        step = batch_size or n
+        chunks = [session.run(wanted, {**{k: v[i:i + step] for k, v in feeds.items()}, MASK_INPUT: mask[i:i + step]})
+                  for i in range(0, n, step)]
+        joined = chunks[0] if len(chunks) == 1 else [np.concatenate(parts) for parts in zip(*chunks)]
+        results = dict(zip(wanted, joined))
+        output = results[compiled.output_name]
         if target is None:
-            flat = output.reshape(len(output), -1)
-            resolved = flat.argmax(axis=1)
-            mask = np.zeros_like(flat)
-            mask[np.arange(len(flat)), resolved] = 1.0
-        total = (output.reshape(len(output), -1).astype(np.float64) * mask.reshape(len(output), -1)).sum(axis=1)
-        return Explanation(relevance, output, dict(zip(layers, results[2:])), resolved, total)
+            resolved, mask = default_mask(output)
+        explained = results.get(TWIN_OUTPUT, output)
+        total = (explained.reshape(len(output), -1).astype(np.float64) * mask.reshape(len(output), -1)).sum(axis=1)
+        return Explanation(results.get(compiled.relevance_output), output,
+                           {t: results[compiled.layer_outputs[t]] for t in layers}, resolved, total,
+                           {name: results[out] for name, out in sources.items()})
 
     def save(self, path, layers: Sequence[str] = (), external_data: bool = False) -> None:
-        """Write the standalone explainer (inputs: the model input and ``lrp_target_mask``;
-        outputs: the model output, ``lrp_relevance`` and ``lrp_relevance:<tensor>`` per layer).
+        """Write the standalone explainer (inputs: the model's inputs and ``lrp_target_mask``;
+        outputs: the model output, ``lrp_relevance`` (see ``Explanation.relevance``), with
+        several sources ``lrp_relevance:<source>`` each, and ``lrp_relevance:<tensor>`` per layer).
         external_data: tensors in ``<name>.data`` beside it (for explainers above 2 GB)."""
         layers = tuple(dict.fromkeys(layers))
         compile_explainer(self._prepared, self.composite, self.maxpool, layers).save(path, external_data=external_data)

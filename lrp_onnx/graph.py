@@ -5,20 +5,27 @@ edge producer -> consumer carries ``tensor`` (the tensor name) and ``slot`` (the
 input index), keyed by slot so that ``Add(x, x)`` keeps both edges.
 
 Relevance flows only through *data* inputs (the handler registry says which slots those are:
-the shape input of a Reshape is not one). The relevance subgraph is every node on a data path
-from the explained input to the explained output; constant and shape subgraphs fall outside.
+the shape input of a Reshape is not one). It starts at the relevance *sources* (a float graph
+input, or the output of an embedding lookup: see ``inputs.py``); the relevance subgraph is every
+node on a data path from a source to the explained output; constant and shape subgraphs fall
+outside.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import networkx as nx
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .checks import HINT_STATIC
 from .errors import ModelError
+
+
+#: The floating-point element types: inputs of these types are relevance sources.
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def input_key(name: str) -> str:
@@ -37,8 +44,16 @@ class ModelGraph:
     constants: Dict[str, onnx.TensorProto]
     shapes: Dict[str, Tuple]              # tensor -> dims (int or str/None for symbolic)
     elem_types: Dict[str, int]
-    data_input: str
+    inputs: List[str]                     # the graph inputs that are not initializers
+    sources: List[str]                    # the tensors relevance is read at (graph inputs or node outputs)
     output: str
+
+    @property
+    def data_input(self) -> str:
+        """The one relevance source (an error naming them where there are several)."""
+        if len(self.sources) != 1:
+            raise ModelError(f"the model has {len(self.sources)} relevance sources {self.sources}, not one")
+        return self.sources[0]
 
     def constant(self, name: str) -> Optional[np.ndarray]:
         tensor = self.constants.get(name)
@@ -50,27 +65,30 @@ class ModelGraph:
         return self.shapes[name]
 
     def static_shape(self, name: str, from_axis: int = 1) -> Tuple[int, ...]:
-        """The dims of ``name`` from ``from_axis`` on, which must be known integers."""
+        """The dims of ``name`` from ``from_axis`` on, which must be known integers (for the
+        handlers that truly need them: the error says so)."""
         dims = self.shape(name)[from_axis:]
         if not all(isinstance(d, int) for d in dims):
-            raise ModelError(f"tensor {name!r} needs static dimensions after the batch axis, has {self.shape(name)}")
+            raise ModelError(f"tensor {name!r} needs static dimensions after the batch axis, has {self.shape(name)} "
+                             f"(its relevance handler builds constants of that size): {HINT_STATIC}")
         return tuple(dims)
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> Optional[Tuple]:
+def value_dims(value_info: onnx.ValueInfoProto) -> Optional[Tuple]:
+    """The dims of a typed tensor (int, or str/None where symbolic); None without a shape."""
     tensor_type = value_info.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim)
 
 
-def build_graph(model: onnx.ModelProto, output: Optional[str] = None) -> ModelGraph:
-    """Index a canonical model. ``output`` defaults to the first graph output."""
+def build_graph(model: onnx.ModelProto, output: Optional[str] = None,
+                sources: Optional[Sequence[str]] = None) -> ModelGraph:
+    """Index a canonical model. ``output`` defaults to the first graph output, ``sources`` (the
+    tensors relevance is read at, inputs.py) to the floating-point graph inputs."""
     graph = model.graph
     constants = {t.name: t for t in graph.initializer}
     data_inputs = [i.name for i in graph.input if i.name not in constants]
-    if len(data_inputs) != 1:
-        raise ModelError(f"lrp_onnx explains models with exactly one data input; this one has {data_inputs}")
     outputs = [o.name for o in graph.output]
     output = output or outputs[0]
     if output not in outputs:
@@ -78,7 +96,7 @@ def build_graph(model: onnx.ModelProto, output: Optional[str] = None) -> ModelGr
 
     shapes, elem_types = {}, {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        dims = _dims(vi)
+        dims = value_dims(vi)
         if dims is not None:
             shapes[vi.name] = dims
         elem_types[vi.name] = vi.type.tensor_type.elem_type
@@ -87,8 +105,9 @@ def build_graph(model: onnx.ModelProto, output: Optional[str] = None) -> ModelGr
 
     dag = nx.MultiDiGraph()
     nodes, order, producer = {}, [], {}
-    dag.add_node(input_key(data_inputs[0]), kind="input")
-    producer[data_inputs[0]] = input_key(data_inputs[0])
+    for name in data_inputs:
+        dag.add_node(input_key(name), kind="input")
+        producer[name] = input_key(name)
     for node in graph.node:
         if not node.name or node.name in nodes:
             raise ModelError(f"node names must be unique and non-empty (run canonicalize first): {node.name!r}")
@@ -102,7 +121,14 @@ def build_graph(model: onnx.ModelProto, output: Optional[str] = None) -> ModelGr
         for slot, tensor in enumerate(node.input):
             if tensor in producer:
                 dag.add_edge(producer[tensor], node.name, key=slot, tensor=tensor, slot=slot)
-    return ModelGraph(model, dag, nodes, order, producer, constants, shapes, elem_types, data_inputs[0], output)
+    if sources is None:
+        # every floating-point input: one that is not float32 is reported (checks.model_blockers)
+        sources = [name for name in data_inputs if elem_types.get(name) in FLOAT_TYPES]
+    missing = [t for t in sources if t not in producer]
+    if missing:
+        raise ModelError(f"relevance source(s) {missing} are not tensors of the model")
+    return ModelGraph(model, dag, nodes, order, producer, constants, shapes, elem_types, data_inputs, list(sources),
+                      output)
 
 
 @dataclass
@@ -114,32 +140,39 @@ class RelevanceSubgraph:
 
 
 def relevance_subgraph(mg: ModelGraph, data_slots) -> RelevanceSubgraph:
-    """Nodes on a data path from the explained input to the explained output.
+    """Nodes on a data path from a relevance source to the explained output (a node that makes
+    a source is not one: relevance stops at the source).
 
     ``data_slots(node)`` returns the input slots through which relevance flows."""
-    def data_edges(u, v, slot):
-        return v in mg.nodes and slot in data_slots(mg.nodes[v])
+    sources = set(mg.sources)
+    if not sources:
+        raise ModelError(f"the model has no relevance source: no float32 input and no embedding lookup "
+                         f"(Gather from a constant table); its inputs: {mg.inputs}")
+    makers = {mg.producer[t] for t in sources}
+
+    def data_edge(v, slot):
+        return v in mg.nodes and v not in makers and slot in data_slots(mg.nodes[v])
 
     forward: Set[str] = set()
-    stack = [input_key(mg.data_input)]
+    stack = [(mg.producer[t], t) for t in sources]
     while stack:
-        u = stack.pop()
-        for _, v, slot in mg.dag.out_edges(u, keys=True):
-            if v not in forward and data_edges(u, v, slot):
+        u, only = stack.pop()
+        for _, v, slot, data in mg.dag.out_edges(u, keys=True, data=True):
+            if (only is None or data["tensor"] == only) and v not in forward and data_edge(v, slot):
                 forward.add(v)
-                stack.append(v)
+                stack.append((v, None))
 
-    if mg.output == mg.data_input:
-        raise ModelError("the explained output is the model input itself")
+    if mg.output in sources:
+        raise ModelError("the explained output is a relevance source itself")
     start = mg.producer.get(mg.output)
     if start not in forward:
-        raise ModelError(f"the output {mg.output!r} does not depend on the input {mg.data_input!r}")
+        raise ModelError(f"the output {mg.output!r} does not depend on the input(s) {sorted(sources)}")
     backward: Set[str] = {start}
     stack = [start]
     while stack:
         v = stack.pop()
-        for u, _, slot in mg.dag.in_edges(v, keys=True):
-            if u in forward and u not in backward and data_edges(u, v, slot):
+        for u, _, slot, data in mg.dag.in_edges(v, keys=True, data=True):
+            if u in forward and u not in backward and data_edge(v, slot):
                 backward.add(u)
                 stack.append(u)
 
@@ -147,6 +180,6 @@ def relevance_subgraph(mg: ModelGraph, data_slots) -> RelevanceSubgraph:
     tensors = {mg.output}
     for name in nodes:
         for u, _, slot, data in mg.dag.in_edges(name, keys=True, data=True):
-            if (u in backward or u == input_key(mg.data_input)) and data_edges(u, name, slot):
+            if (u in backward or data["tensor"] in sources) and data_edge(name, slot):
                 tensors.add(data["tensor"])
     return RelevanceSubgraph(nodes, tensors)

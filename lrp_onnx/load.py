@@ -109,6 +109,7 @@ def skeleton(model: onnx.ModelProto, limit: int = _SKELETON_LIMIT) -> onnx.Model
     skel = onnx.ModelProto()
     skel.ir_version = model.ir_version
     skel.opset_import.extend(model.opset_import)
+    skel.functions.extend(model.functions)   # model-local functions (canonicalize/rmsnorm.py)
     graph, source = skel.graph, model.graph
     graph.name = source.name or "graph"
     for part in ("node", "input", "output", "value_info"):

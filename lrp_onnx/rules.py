@@ -231,7 +231,10 @@ class ZBox(Rule):
 
         z = f(a; W) - f(l; W+) - f(h; W-),   R_in = a*f^T(s;W) - l*f^T(s;W+) - h*f^T(s;W-)
 
-    ``low``/``high``: a scalar, one value per channel (axis 1), or a whole sample's shape.
+    ``low``/``high``: a scalar, one value per channel, or one per element of a sample, given
+    in the layout of ``tensor`` (default: the model input) and carried through the shape ops
+    between it and the layer (ops.bounds): for an NHWC model, per-channel bounds are along its
+    last axis and per-element ones shaped (H, W, C).
     The tutorial's MLP leaves the bias out, its VGG-16 keeps it in every branch (b, b+, b-);
     both give the same z, since b - b+ - b- = 0, so ``zero_bias`` changes nothing here.
     """
@@ -241,6 +244,7 @@ class ZBox(Rule):
     epsilon: float = 1e-6
     signed: bool = True
     zero_bias: bool = False
+    tensor: Optional[str] = None
 
     def __post_init__(self):
         for name in ("low", "high"):
@@ -311,7 +315,48 @@ class Gradient(Rule):
         raise TypeError("Gradient is not an LRP rule; it has no terms (propagate_linear short-cuts it)")
 
 
-RULES = {cls.__name__: cls for cls in (LRP0, Epsilon, Gamma, ZPlus, AlphaBeta, ZBox, Flat, WSquare, Pass, Gradient)}
+class _NoBranches(Rule):
+    """A rule of the transformer families ("bilinear", "softmax"): its handler implements it
+    directly; it has no linear-layer branches."""
+
+    def terms(self):
+        raise TypeError(f"{type(self).__name__} is a rule of the bilinear/softmax families, not of a linear layer")
+
+
+@dataclass(frozen=True)
+class Uniform(_NoBranches):
+    """AttnLRP's uniform rule for a product of two activations (Achtibat et al. 2024, Prop. 3.2
+    and 3.3; LXT's ``matmul`` and ``mul2``): half of the epsilon-LRP relevance to each factor.
+    MatMul/Einsum z = a b:  R_a = a * ((R / stab(2z)) b^T),  R_b = b * (a^T (R / stab(2z))),
+    stab(u) = u + epsilon sgn(u) (``signed=False``: u + epsilon, as LXT's code). An element-wise
+    product a * b: R_a = R_b = R / 2 (exactly, no stabilizer, as LXT's ``mul2``)."""
+
+    epsilon: float = 1e-8
+    signed: bool = True
+
+
+@dataclass(frozen=True)
+class AttnSoftmax(_NoBranches):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1; LXT's ``softmax``): the Taylor
+    decomposition at x with the bias absorbed, R_x = x * (R - s * sum_j R_j) along the softmax
+    axis (s the softmax output); logits of -inf (masked) count as 0, so they get none."""
+
+
+@dataclass(frozen=True)
+class CPConstant(_NoBranches):
+    """CP-LRP (Ali et al. 2022; LXT's ``stop_gradient`` patches): attention probabilities and
+    gates are constants. On a Softmax: no relevance flows to its input (Q K^T gets none). On a
+    product whose one factor is a Softmax output (A V) or an activated gate (act(gate) * up):
+    that factor is a constant weight and the other takes all, by the epsilon rule,
+    R_v = v * (A^T (R / stab(z))) (element-wise: R_up = R). A product with no such factor
+    takes the uniform rule (``Uniform(epsilon, signed)``)."""
+
+    epsilon: float = 1e-8
+    signed: bool = True
+
+
+RULES = {cls.__name__: cls for cls in (LRP0, Epsilon, Gamma, ZPlus, AlphaBeta, ZBox, Flat, WSquare, Pass, Gradient,
+                                       Uniform, AttnSoftmax, CPConstant)}
 
 
 def rule_from_dict(spec: dict) -> Rule:

@@ -1,6 +1,9 @@
 """Each canonicalization pass leaves the model's outputs unchanged (onnxruntime before and after)
 and does what its docstring says. Tolerance: float32 outputs of reordered arithmetic (folded
-BatchNorm, alpha/beta folded into W) agree to 1e-5 relative to their scale."""
+BatchNorm, alpha/beta folded into W) agree to 1e-5 relative to their scale (tiny graphs, depth
+<= 3, fan-in <= 54: a folded weight is off by <= 2 ulps and a reordered dot product of 54 terms
+by <= 54 * 2^-24 = 3.2e-6 of sum|terms|; an a-priori bound, tests/tolerances.py). A fold that
+drops the BatchNorm's epsilon fails it (test_check_pass_rejects_a_fold_that_drops_epsilon)."""
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -247,7 +250,13 @@ def test_all_passes_together_keep_the_logits():
     strip_output_softmax(reference)
     expected = run(reference, x)[0]
     changed = canonicalize(proto)
-    assert set(changed) == {p.__name__ for p in PASSES}
+    # the transformer passes fuse patterns this model has not (tests/test_canonicalize_{layernorm,rmsnorm,gelu}.py)
+    transformer = {"drop_noop_casts", "fuse_layernorm", "fuse_rmsnorm", "fuse_gelu_tanh"}
+    # the deployed-format passes read int8, float16 and onnxruntime-fused models (tests/test_canonicalize_quantized.py)
+    deployed = {"float16_to_float32", "unfuse_ort_contrib", "expand_qoperators", "fold_dequantize_constants", "qdq_to_clip"}
+    # the exporter spellings: tf2onnx/jax2onnx forms (tests/test_canonicalize_{affine,transpose,activations}.py)
+    spellings = {"cancel_transposes", "fuse_hardswish", "fuse_softmax", "fold_affine"}
+    assert set(changed) == {p.__name__ for p in PASSES} - transformer - deployed - spellings
     assert ops(proto) == ["Gemm", "Reshape", "Gemm"]
     np.testing.assert_allclose(run(proto, x)[0], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
@@ -289,3 +298,23 @@ def test_fold_shape_arithmetic_makes_the_sizes_after_a_channel_shuffle_static():
 def test_fold_shape_arithmetic_leaves_a_model_without_shape_ops_alone():
     proto = model([helper.make_node("Relu", ["x"], ["y"])], [X2], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
     check_pass(fold_shape_arithmetic, proto, RNG.normal(size=(2, 4)).astype(np.float32), expect_changed=False)
+
+
+def test_check_pass_rejects_a_fold_that_drops_epsilon():
+    """The tolerance of check_pass is not lax: a BatchNorm fold that ignores epsilon (0.1 here,
+    against variances in [0.5, 3]: 2% to 10% of the output) is rejected; the right fold passes."""
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 6, 6])
+    proto = model([helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+                   helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["y"], epsilon=0.1)],
+                  [X4], [y], [init("W", (3, 2, 3, 3)), init("B", (3,))] + batchnorm_inits(3))
+    x = RNG.normal(size=(2, 2, 6, 6)).astype(np.float32)
+    check_pass(fold_batchnorm, proto, x)
+
+    def fold_without_epsilon(m):
+        for attribute in (a for n in m.graph.node if n.op_type == "BatchNormalization" for a in n.attribute):
+            if attribute.name == "epsilon":
+                attribute.f = 0.0
+        return fold_batchnorm(m)
+
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        check_pass(fold_without_epsilon, proto, x)

@@ -72,7 +72,8 @@ def test_inspect_lists_unsupported_ops_of_a_model_that_cannot_be_compiled(tmp_pa
     assert result.returncode == 1, result.stderr
     assert ["cosine", "Cos", "(N, 5)", "UNSUPPORTED (no relevance handler)"] in [
         re.split(r"\s{2,}", line) for line in result.stdout.splitlines()]
-    assert "unsupported ops on the relevance path: Cos (1 nodes)" in result.stdout
+    assert "the model cannot be explained with 'epsilon_gamma_box':" in result.stdout
+    assert "  - no relevance handler in lrp_onnx: node 'cosine' (Cos); lrp_onnx has no LRP rule" in result.stdout
 
 
 def _write_png(path, pixels):

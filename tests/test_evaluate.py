@@ -46,8 +46,11 @@ def test_curves_of_a_linear_model_are_exact():
     ordered = -np.sort(-contrib, axis=1)
     morf = contrib.sum(1, keepdims=True) - np.concatenate([np.zeros((5, 1)), np.cumsum(ordered, 1)], 1)
     lerf = contrib.sum(1, keepdims=True) - np.concatenate([np.zeros((5, 1)), np.cumsum(ordered[:, ::-1], 1)], 1)
+    # 16 float32 products summed, sum|x w| <= ~16: a random walk of sqrt(16) roundings of 2^-24 is 4e-6
     np.testing.assert_allclose(curves.morf, morf, atol=1e-5)
     np.testing.assert_allclose(curves.lerf, lerf, atol=1e-5)
+    # a wrong variant fails at this tolerance: the curve of the least relevant first as MoRF
+    assert not np.allclose(curves.morf, lerf, atol=1e-5)
     np.testing.assert_allclose(curves.fraction, np.arange(17) / 16)
     mean = morf.mean(0)
     assert curves.auc_morf == pytest.approx(((mean[1:] + mean[:-1]) / 2).mean(), abs=1e-5)

@@ -70,10 +70,18 @@ def test_output_that_does_not_depend_on_the_input_is_an_error():
         relevance_subgraph(build_graph(proto), ops.data_slots)
 
 
-def test_several_data_inputs_are_refused():
-    graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["y"])], "g",
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("x", "z")],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+def test_every_float_input_is_a_source_and_relevance_starts_at_the_sources():
+    """x and z are both relevance sources; given an inner tensor as the only source, the walk
+    starts there and the nodes before it carry no relevance."""
+    nodes = [helper.make_node("Add", ["x", "z"], ["s"], name="add"),
+             helper.make_node("Gemm", ["s", "W"], ["y"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("x", "z")],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [weight("W", (3, 4))])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(ModelError, match="exactly one data input"):
-        build_graph(proto)
+    infer_shapes(proto)
+    mg = build_graph(proto)
+    assert mg.inputs == mg.sources == ["x", "z"]
+    sub = relevance_subgraph(mg, ops.data_slots)
+    assert sub.nodes == ["add", "gemm"] and sub.tensors == {"x", "z", "s", "y"}
+    inner = relevance_subgraph(build_graph(proto, sources=["s"]), ops.data_slots)
+    assert inner.nodes == ["gemm"] and inner.tensors == {"s", "y"}

@@ -140,7 +140,10 @@ def test_lenet5_accuracy(lenet):
 def test_lenet5_relevance_equals_toolbox_rules(lenet, rule):
     """10 digits; float32 onnxruntime against the float64 numpy oracle: |R - R_ref| <= 1e-4 *
     max|R_ref| (the denominators are at least eps = 1 away from 0 for epsilon, and sums of
-    same-signed terms for alpha-beta, so float32 rounding stays near 1e-6 relative)."""
+    same-signed terms for alpha-beta, so float32 rounding stays near 1e-6 relative: a shallow
+    net, depth 6, fan-in <= 800, a random walk of 6 * sqrt(800) roundings of 2^-24 is 1e-5 of
+    sum|terms|; an a-priori bound, tests/tolerances.py). The wrong variant (epsilon on the
+    unscaled SumPool sum) fails it by 100x: test_sumpool_epsilon_needs_the_rescaled_epsilon."""
     layers, path, x, _ = lenet
     composite = toolbox_composite(layers, rule[0], **({"epsilon": rule[1]} if rule[0] == "epsilon" else {"alpha": rule[1]}))
     explainer = lrp_onnx.Explainer(path, composite=composite)
@@ -162,7 +165,7 @@ def test_sumpool_epsilon_needs_the_rescaled_epsilon(lenet):
     layers, path, x, _ = lenet
     got = lrp_onnx.Explainer(path, composite={"maxpool": "winner", "rules": [{"where": "all", "rule": {"rule": "Epsilon", "epsilon": 1.0}}]}).explain(x[:4]).relevance
     expected = toolbox_lrp(layers, x[:4].astype(np.float64), ("epsilon", 1.0))
-    assert np.abs(got - expected).max() > 1e-2 * np.abs(expected).max()
+    assert np.abs(got - expected).max() > 1e-2 * np.abs(expected).max()   # 100x the 1e-4 tolerance above
 
 
 # ---- a synthetic model with the other layer types ------------------------------------------
@@ -187,7 +190,8 @@ SMALL = [("Convolution", (3, 3, 2, 4, 1, 1)), ("Tanh", ()), ("MaxPool", (2, 2, 2
 def test_small_model_with_every_layer_kind(tmp_path, rule):
     """Convolution with strides, Tanh, MaxPool, SumPool with a 2x1 window, Flatten's (H, W, C)
     order, Linear and a final SoftMax; random weights and inputs, 3 samples (no ties in the
-    MaxPool windows). Input shape inferred: (12, 12, 2), the smallest that fits Linear 18. Same tolerance as LeNet-5."""
+    MaxPool windows). Input shape inferred: (12, 12, 2), the smallest that fits Linear 18. Same tolerance as LeNet-5;
+    the forward: depth 4, fan-in <= 18, 1e-5 relative (4 * sqrt(18) * 2^-24 = 1e-6), atol for logits near 0."""
     layers = parse(_format(SMALL, np.random.default_rng(1)))
     model = to_onnx(layers)
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [12, 12, 2]

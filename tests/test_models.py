@@ -11,6 +11,7 @@ pytest.importorskip("sklearn", reason="the digits data come from scikit-learn")
 from conftest import ROOT  # noqa: E402
 from exporters.digits import digits_28x28, onnx_accuracy, split  # noqa: E402
 from models.train import build_mlp, write_cnn  # noqa: E402
+from tolerances import shallow_bound  # noqa: E402
 
 MODELS = os.path.join(ROOT, "models")
 
@@ -28,13 +29,18 @@ def test_digits_data(digits):
     np.testing.assert_array_equal(x.reshape(-1, 28, 28)[:, :2], -1)   # the 2-pixel border
 
 
-@pytest.mark.parametrize("name, input_name, shape, accuracy", [
-    ("digits_mlp.onnx", "x", ["N", 784], 0.9865),
-    ("digits_cnn.onnx", "input", ["N", 1, 28, 28], 0.9865),
+@pytest.mark.parametrize("name, input_name, shape, accuracy, depth, fan_in", [
+    ("digits_mlp.onnx", "x", ["N", 784], 0.9865, 3, 784),
+    ("digits_cnn.onnx", "input", ["N", 1, 28, 28], 0.9865, 3, 784),
 ])
-def test_shipped_model(digits, name, input_name, shape, accuracy):
+def test_shipped_model(digits, name, input_name, shape, accuracy, depth, fan_in):
     """As models/README.md states: under 5 MB, the input format, logits (N, 10), and the held-out
-    accuracy printed by `python -m models.train` (293/297; >= 95% required by the issue)."""
+    accuracy printed by `python -m models.train` (293/297; >= 95% required by the issue).
+    The accuracy is an argmax, ill-conditioned at near-ties: a test sample whose two largest
+    logits are within the float32 bound of these shallow nets (tests/tolerances.py
+    shallow_bound) may be classified either way on another CPU, so each such sample widens the
+    allowance by one sample (there are none on the machines measured: the allowance stays
+    half a sample, i.e. the count must be exactly 293)."""
     x, y, _, test = digits
     path = os.path.join(MODELS, name)
     assert os.path.getsize(path) < 5 * 2**20
@@ -42,7 +48,13 @@ def test_shipped_model(digits, name, input_name, shape, accuracy):
     (inp,), (out,) = model.graph.input, model.graph.output
     assert inp.name == input_name and [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == shape
     assert out.name == "logits" and out.type.tensor_type.shape.dim[1].dim_value == 10
-    assert onnx_accuracy(path, x[test], y[test]) == pytest.approx(accuracy, abs=5e-4)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {input_name: x[test].reshape([len(test) if d == "N" else d for d in shape])})[0]
+    top = np.sort(logits, axis=1)[:, -2:]
+    ties = int((top[:, 1] - top[:, 0] <= shallow_bound(depth, fan_in, np.abs(logits).max())).sum())
+    assert abs(onnx_accuracy(path, x[test], y[test]) - accuracy) <= (ties + 0.5) / len(test), ties
 
 
 def test_mlp_training_is_deterministic(digits):

@@ -1,5 +1,6 @@
 """lrp_onnx/ops/normalization.py: an unfoldable BatchNormalization as a per-channel affine layer
-with a rule (family "norm"), LayerNormalization as the identity.
+with a rule (family "norm"); LayerNormalization and RMSNormalization with their statistics held
+constant, as LXT does (family "norm", see the section below).
 
 Oracle (float64, written here from the ONNX definition of BatchNormalization in inference mode):
 y = s x + t per channel, s = scale / sqrt(var + eps), t = B - mean s. With R = y * mask:
@@ -24,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 import lrp_onnx
 from lrp_onnx import Composite, Family
 from lrp_onnx.composites import UNCOUNTED_FAMILIES, Index, Name
-from lrp_onnx.rules import LRP0, Epsilon, Pass, ZPlus
+from lrp_onnx.rules import LRP0, Epsilon, Gamma, Pass, ZPlus
 
 RTOL, ATOL_SCALE = 1e-4, 1e-5
 BN_EPS = 1e-3
@@ -157,37 +158,130 @@ def test_norm_rule_by_name_and_index_does_not_count_it():
     assert ex.rules == {"fc": Epsilon(0.5), "bn": Pass()}
 
 
+# --------------------------------------------------------------------------- LayerNorm, RMSNorm
+#
+# Oracle (LXT's layer_norm / rms_norm_identity, written here from their definition): sigma (the
+# rms) held constant, so y = W x + b is linear, and the norm rule is the epsilon rule on it:
+#   LayerNorm  s = R / incr(y - [zero_bias] b),  R_x = x * (g s - mean(g s)) / sigma
+#   RMSNorm    s = R / incr(y),                  R_x = x * g s / rms
+#   Pass       R_x = R
+# With R = y * mask, s = mask * y / incr(y) is well conditioned (|y| >= 1e-3 asserted), so
+# float32 rounding moves R_x by ~1e-6 of its scale; tolerance rtol 1e-4, atol 1e-5 * max|R_x|.
+# The wrong variants (identity for a rule with the centering; no centering) differ by O(max|R|).
+
+
+def layer_norm_forward(x, g, b, red, eps, centered=True):
+    centered_x = x - x.mean(axis=red, keepdims=True) if centered else x
+    sigma = np.sqrt((centered_x ** 2).mean(axis=red, keepdims=True) + eps)
+    return centered_x / sigma * g + b, sigma
+
+
+def norm_oracle(rule, x, g, b, red, eps, mask, centered=True):
+    y, sigma = layer_norm_forward(x, g, b, red, eps, centered)
+    r = y * mask
+    if isinstance(rule, Pass):
+        return r
+    gs = g * r / incr(y - (b if rule.zero_bias else 0), rule.epsilon)
+    if centered:
+        gs = gs - gs.mean(axis=red, keepdims=True)
+    return x * gs / sigma
+
+
+NORM_RULES = {"lrp0": LRP0(), "epsilon": Epsilon(), "epsilon_zero_bias": Epsilon(zero_bias=True), "pass": Pass()}
+
+
+@pytest.mark.parametrize("rule_id", list(NORM_RULES))
 @pytest.mark.parametrize("x_shape,axis", [((6,), -1), ((2, 5), -1), ((2, 5), 1)])
-def test_layernorm_is_the_identity(x_shape, axis):
-    """x -> LayerNormalization(scale, bias) -> y: R_x = R = y * mask; behind it a Gemm (LRP-0)
-    the relevance at its input is the relevance at its output."""
+def test_layernorm_with_sigma_constant(x_shape, axis, rule_id):
+    """x -> LayerNormalization(g, b) -> y under each norm rule (module section above); the
+    default (no norm predicate) is Epsilon(1e-6)."""
     rng = np.random.default_rng(3)
+    rule = NORM_RULES[rule_id]
     first = axis % (len(x_shape) + 1)          # the first normalized axis of (N, *x_shape)
     norm_shape = x_shape[first - 1:]
     params = {"g": rng.normal(size=norm_shape), "b": rng.normal(size=norm_shape)}
     node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], name="ln", axis=axis, epsilon=1e-5)
-    ex = lrp_onnx.Explainer(model_of([node], x_shape, x_shape, params), Composite(((Family("all"), LRP0()),)))
+    ex = lrp_onnx.Explainer(model_of([node], x_shape, x_shape, params), Composite(((Family("norm"), rule),)))
+    assert ex.rules == {"ln": rule}
     x = rng.normal(size=(2, *x_shape)).astype(np.float32)
     mask = rng.normal(size=x.shape)
     res = ex.explain(x, target=mask.astype(np.float32))
     xs = x.astype(np.float64)
     red = tuple(range(first, 1 + len(x_shape)))
     g, b = (params[k].astype(np.float32).astype(np.float64) for k in ("g", "b"))
-    y = (xs - xs.mean(axis=red, keepdims=True)) / np.sqrt(xs.var(axis=red, keepdims=True) + 1e-5) * g + b
+    y, _ = layer_norm_forward(xs, g, b, red, 1e-5)
+    assert np.abs(y).min() > 1e-3, "ill-conditioned data"
     assert_close(res.output, y, "forward")
-    assert_close(res.relevance, y * mask, "R_x")
+    expected = norm_oracle(rule, xs, g, b, red, 1e-5, mask)
+    assert_close(res.relevance, expected, "R_x")
+    if not isinstance(rule, Pass):   # the tolerance rejects the identity and the uncentered rule
+        for wrong in (y * mask, xs * g * (y * mask) / incr(y, 1e-6) / layer_norm_forward(xs, g, b, red, 1e-5)[1]):
+            assert np.abs(res.relevance - wrong).max() > 1e-2 * np.abs(expected).max()
 
-    # behind a Gemm: R at the LayerNormalization's input equals R at its output
-    params["W"] = rng.normal(size=(3, int(np.prod(x_shape))))
-    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], name="ln", axis=axis, epsilon=1e-5),
-             helper.make_node("Flatten", ["h"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "W"], ["y"], name="fc", transB=1)]
-    ex = lrp_onnx.Explainer(model_of(nodes, x_shape, (3,), params), Composite(((Family("all"), LRP0()),)))
-    res = ex.explain(x, target=1, layers=("h",))
-    np.testing.assert_array_equal(res.relevance, res.layers["h"])
-    yf = y.reshape(2, -1)
-    z = yf @ params["W"].astype(np.float32).astype(np.float64).T
-    r = np.zeros_like(z)
-    r[:, 1] = z[:, 1]
-    expected = yf * ((r / incr(z, 1e-9)) @ params["W"].astype(np.float32).astype(np.float64))
-    assert_close(res.relevance.reshape(2, -1), expected, "R_x behind a Gemm")
+
+def test_layernorm_default_rule_and_rejected_rules():
+    """Without a norm predicate a LayerNormalization gets Epsilon(1e-6); Gamma would modify
+    the weights of a layer whose statistics are held constant: a clear error."""
+    params = {"g": np.ones(4), "b": np.zeros(4)}
+    model = model_of([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], name="ln")], (4,), (4,), params)
+    assert lrp_onnx.Explainer(model, Composite(((Family("all"), LRP0()),))).rules == {"ln": Epsilon(1e-6)}
+    with pytest.raises(lrp_onnx.errors.CompositeError, match=r"LayerNormalization 'ln' \(family 'norm'\) takes LRP0"):
+        lrp_onnx.Explainer(model, Composite(((Family("norm"), Gamma(0.25)),)))
+
+
+@pytest.mark.parametrize("opset,domain", [(23, ""), (17, "ai.lrp_onnx")])
+@pytest.mark.parametrize("rule_id", ["epsilon", "pass"])
+def test_rmsnorm_with_rms_constant(opset, domain, rule_id):
+    """x -> RMSNormalization(g) -> Gemm: R at the RMSNorm input is x g s / rms (Epsilon: R y /
+    incr(y), the identity up to the stabilizer; Pass: exactly R). Below opset 23 the node is
+    canonicalize/rmsnorm.py's private one, with its model-local function."""
+    from lrp_onnx.canonicalize.rmsnorm import _function
+    rng = np.random.default_rng(4)
+    rule = NORM_RULES[rule_id]
+    params = {"g": rng.uniform(0.5, 1.5, size=5), "W": rng.normal(size=(3, 5))}
+    nodes = [helper.make_node("RMSNormalization", ["x", "g"], ["h"], name="rms", domain=domain, axis=-1, epsilon=1e-5),
+             helper.make_node("Gemm", ["h", "W"], ["y"], name="fc", transB=1)]
+    model = model_of(nodes, (5,), (3,), params, opset=opset)
+    if domain:
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+        model.functions.append(_function(opset))
+    ex = lrp_onnx.Explainer(model, Composite(((Family("norm"), rule), (Family("all"), LRP0()))))
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    mask = rng.normal(size=(3, 3))
+    res = ex.explain(x, target=mask.astype(np.float32), layers=("h",))
+    xs = x.astype(np.float64)
+    g = params["g"].astype(np.float32).astype(np.float64)
+    h, rms = layer_norm_forward(xs, g, 0.0, (1,), 1e-5, centered=False)
+    w = params["W"].astype(np.float32).astype(np.float64)
+    z = h @ w.T
+    r_h = h * (((z * mask) / incr(z, 1e-9)) @ w)
+    assert_close(res.layers["h"], r_h, "R_h")
+    expected = r_h if isinstance(rule, Pass) else xs * g * (r_h / incr(h, 1e-6)) / rms
+    assert_close(res.relevance, expected, "R_x")
+    gs = g * r_h / incr(h, 1e-6)   # the wrong variant: LayerNorm's centering on an RMSNorm
+    assert np.abs(res.relevance - xs * (gs - gs.mean(axis=1, keepdims=True)) / rms).max() > 1e-2 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+def test_norm_gradients_match_autograd(op):
+    """The gradient composite through LayerNorm / RMSNorm (statistics NOT held constant)
+    against torch.autograd; float32 both sides, 1e-4 of max|grad|."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    g, b = rng.uniform(0.5, 1.5, size=5), rng.normal(size=5)
+    inputs = ["x", "g", "b"] if op == "LayerNormalization" else ["x", "g"]
+    params = {"g": g, "b": b} if op == "LayerNormalization" else {"g": g}
+    node = helper.make_node(op, inputs, ["y"], name="norm", axis=-1, epsilon=1e-5)
+    model = model_of([node], (3, 5), (3, 5), params, opset=23)
+    x = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    mask = rng.normal(size=x.shape).astype(np.float32)
+    got = lrp_onnx.Explainer(model, "gradient").explain(x, target=mask).relevance
+    xt = torch.from_numpy(x).requires_grad_()
+    gt = torch.from_numpy(g.astype(np.float32))
+    if op == "LayerNormalization":
+        y = torch.nn.functional.layer_norm(xt, (5,), gt, torch.from_numpy(b.astype(np.float32)), eps=1e-5)
+    else:
+        y = xt / torch.sqrt((xt ** 2).mean(-1, keepdim=True) + 1e-5) * gt
+    (y * torch.from_numpy(mask)).sum().backward()
+    expected = xt.grad.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

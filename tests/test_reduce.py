@@ -15,7 +15,9 @@ rule as matrix algebra in float64:
 
 Data: per channel an offset +-1.5 plus N(0, 1) noise, so inputs have both signs but every
 reduced value satisfies |z| > 0.1 (asserted): the float32 rounding of z then moves R by
-< 1e-5 relative. Tolerance: rtol 1e-4, atol 1e-5 * max|oracle|.
+< 1e-5 relative. Tolerance: rtol 1e-4, atol 1e-5 * max|oracle| (one layer, <= 36 summands:
+36 * 2^-24 = 2e-6 of sum|terms|, divided by |z| > 0.1; an a-priori bound, tests/tolerances.py).
+An oracle with epsilon 0.05 instead of 0.5 fails it (test_the_tolerance_rejects_a_wrong_epsilon).
 """
 from __future__ import annotations
 
@@ -140,6 +142,22 @@ def test_reduce_against_dense_oracle(op, opset, axes, keepdims, rule_id):
     expected = oracle(rule, m, a, mask.reshape(len(x), -1))
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(res.relevance.reshape(len(x), -1), expected, rtol=RTOL, atol=ATOL_SCALE * scale)
+
+
+def test_the_tolerance_rejects_a_wrong_epsilon():
+    """The engine's Epsilon(0.5) against the oracle of Epsilon(0.05) (10x smaller): the
+    comparison at RTOL / ATOL_SCALE fails, while the right oracle passes."""
+    op, opset, axes, keepdims = CASES[0]
+    rng = np.random.default_rng(0)
+    m, y_shape = dense_matrix(op, axes, keepdims)
+    x = data(rng)
+    a = x.reshape(len(x), -1).astype(np.float64)
+    mask = rng.normal(size=(len(x), *y_shape))
+    ex = lrp_onnx.Explainer(reduce_model(op, opset, axes, keepdims, y_shape), composite(RULES["epsilon_big"]))
+    got = ex.explain(x, target=mask.astype(np.float32)).relevance.reshape(len(x), -1)
+    for rule, agrees in ((RULES["epsilon_big"], True), (Epsilon(0.05), False)):
+        expected = oracle(rule, m, a, mask.reshape(len(x), -1))
+        assert np.allclose(got, expected, rtol=RTOL, atol=ATOL_SCALE * np.abs(expected).max()) == agrees, rule
 
 
 def test_reduce_rules_differ():

@@ -8,7 +8,10 @@ algebra in float64 (zennit 0.5.1 conventions, see lrp_onnx/rules.py), and the en
 conserve the relevance sum at every layer of a small Conv/MaxPool/Gemm net.
 
 Tolerances: float32 engine against a float64 reference: rtol 1e-4 and atol 1e-5 * max|ref|,
-i.e. the absolute part is relative to the reference's own scale. Each case is first checked to
+i.e. the absolute part is relative to the reference's own scale (one layer, fan-in <= 64:
+<= 64 * 2^-24 = 3.8e-6 of sum|terms| for a dot product, a few such roundings per rule, so an
+a-priori bound, tests/tolerances.py). A wrong oracle (epsilon 10x, gamma 0.25 -> 0.3) fails it
+(test_the_tolerance_rejects_a_wrong_oracle). Each case is first checked to
 be well conditioned (the same formula in float32 agrees with float64 to half that
 tolerance: no near-zero denominator amplifies rounding), so a failure is a disagreement, not
 float32 noise.
@@ -478,8 +481,10 @@ RULES: Dict[str, Callable[[Dense], R.Rule]] = {
     "AlphaBeta_1_0": lambda l: R.AlphaBeta(1.0, 0.0),
     "ZBox": lambda l: R.ZBox(-1.0, 1.0),
     "ZBox_zero_bias": lambda l: R.ZBox(-1.0, 1.0, zero_bias=True),
+    # behind a Relu the bounds are the layer input's own (tests/test_bounds.py: the model input's layout)
     "ZBox_per_channel": lambda l: R.ZBox(tuple(-1.0 - 0.25 * np.arange(l.channels) / l.channels),
-                                         tuple(1.0 + 0.5 * np.arange(l.channels)[::-1] / l.channels)),
+                                         tuple(1.0 + 0.5 * np.arange(l.channels)[::-1] / l.channels),
+                                         tensor="x_relu" if l.relu_input else None),
     "Flat": lambda l: R.Flat(),
     "WSquare": lambda l: R.WSquare(),
     "WSquare_zero_bias": lambda l: R.WSquare(zero_bias=True),
@@ -535,6 +540,24 @@ def test_maxpool_avg_mode_is_average_pool(case, rule_id, batch):
     expected = reference(RULES[rule_id](layer), layer, a, np.ones_like(o_max), output=o_max)
     assert_close(res.output.reshape(batch, -1), o_max, "forward")
     assert_close(res.relevance.reshape(batch, -1), expected, f"maxpool avg {rule_id}", f"{case} / {rule_id}")
+
+
+@pytest.mark.parametrize("rule_id, wrong", [("Epsilon", lambda l: R.Epsilon(1.0)), ("Gamma", lambda l: R.Gamma(0.3))],
+                         ids=["epsilon_10x", "gamma_0.3"])
+@pytest.mark.parametrize("case", ["gemm", "conv_stride2"])
+def test_the_tolerance_rejects_a_wrong_oracle(case, rule_id, wrong):
+    """The engine's relevance passes against its own rule's oracle and fails assert_close (the
+    tolerance above) against the oracle of a slightly wrong rule."""
+    relevance, expected, _, _ = run_case(case, rule_id, 3)
+    assert_close(relevance, expected, "wrong oracle: the right one")
+    layer = LAYERS[case]()
+    a = input_for(case, 3).reshape(3, -1).astype(np.float64)
+    if layer.relu_input:
+        a = np.maximum(a, 0)
+    mask = conditioned_mask(RULES[rule_id](layer), layer, a)
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        np.testing.assert_allclose(relevance, oracle(wrong(layer), layer, a, mask, None, np.float64),
+                                   rtol=RTOL, atol=ATOL_SCALE * np.abs(expected).max())
 
 
 def test_pass_rule_returns_the_output_relevance():

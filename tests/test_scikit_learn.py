@@ -39,7 +39,10 @@ def _fit(x, y, activation):
 def test_predictions_and_conservation(digits, tmp_path, activation, binary):
     """Binary: odd against even digits (one logistic output unit, logits (N, 1)).
     Conservation: |sum R_in - R_out| <= 1e-5 * sum |R_in| per sample (float32 sums; the
-    total can be near 0 for a binary log-odds, so the scale is the relevance's own)."""
+    total can be near 0 for a binary log-odds, so the scale is the relevance's own; depth 3,
+    fan-in <= 64: a random walk of 3 * sqrt(64) roundings of 2^-24 is 1.4e-6, 1e-5 is 7 times
+    that). The explainer's forward is the exported graph's, in float32 too: 1e-6 (a few ulps of
+    the logits, O(1)) covers a reordered sum of <= 64 terms."""
     x, y, train, test = digits
     labels = y % 2 if binary else y
     model = _fit(x[train], labels[train], activation)
@@ -60,6 +63,25 @@ def test_predictions_and_conservation(digits, tmp_path, activation, binary):
     assert np.all(error <= 1e-5 * np.abs(res.relevance).sum(1)), (error / np.abs(res.relevance).sum(1)).max()
 
 
+def test_the_export_check_rejects_an_omitted_bias(digits):
+    """The exporter's check (float64 predict_proba, envelope of numpy's float32 run) rejects
+    the cut graph with the output layer's bias omitted, a small but real error."""
+    from onnx import numpy_helper
+
+    from exporters.scikit_learn import _verify
+
+    x, y, train, _ = digits
+    model = _fit(x[train], y[train], "relu")
+    onnx_model = mlp_to_onnx(model)
+    _verify(onnx_model, model, 64)   # the right graph passes
+    last_add = [n for n in onnx_model.graph.node if n.op_type == "Add"][-1]
+    for init in onnx_model.graph.initializer:
+        if init.name in last_add.input:
+            init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    with pytest.raises(ExportError, match="do not reproduce predict_proba"):
+        _verify(onnx_model, model, 64)
+
+
 def test_binary_target_mask_explains_the_other_class(digits):
     """A mask of -1 puts -log-odds (the evidence for classes_[0]) on the output."""
     x, y, train, test = digits
@@ -67,6 +89,7 @@ def test_binary_target_mask_explains_the_other_class(digits):
     explainer = lrp_onnx.Explainer(mlp_to_onnx(model), composite=Composite(((Family("all"), LRP0()),)))
     one = explainer.explain(x[test[:5]])
     other = explainer.explain(x[test[:5]], target=-np.ones((5, 1), np.float32))
+    # the same computation with the initial relevance negated: equal up to a few float32 ulps
     np.testing.assert_allclose(other.relevance, -one.relevance, rtol=1e-5, atol=1e-7)
 
 

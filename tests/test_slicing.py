@@ -6,7 +6,9 @@ bounds; an unused Split output and the pad border give / keep zero). The relevan
 op is y * mask with a random mask (both signs), so values and positions are checked at once.
 
 Tolerance: the engine moves float32 values without arithmetic, except where a sum follows
-(stated there): rtol 1e-6 against the float64 oracle of the float32 data, atol 0.
+(stated there): rtol 1e-6 against the float64 oracle of the float32 data, atol 0 (y * mask
+is one float32 product: <= 2^-24 = 6e-8 relative; an a-priori bound, tests/tolerances.py).
+A selection off by one element fails it (test_the_tolerance_rejects_an_off_by_one_slice).
 """
 from __future__ import annotations
 
@@ -112,6 +114,26 @@ def test_slice_scatters_relevance_back(starts, ends, axes, steps, selection):
     expected[(slice(None),) + selection] = y.astype(np.float64) * mask
     exact(res.output, y)
     exact(res.relevance, expected)
+
+
+def test_the_tolerance_rejects_an_off_by_one_slice():
+    """x[:, 0:2] explained; the oracle of x[:, 1:3] (one element off) fails ``exact``."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 4, 6, 5)).astype(np.float32)
+    params = {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64), "axes": np.array([1], np.int64)}
+    model = make_model([helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"], name="slice")],
+                       (4, 6, 5), (2, 6, 5), params)
+    mask = rng.normal(size=(2, 2, 6, 5))
+    res = explain(model, x, mask)
+    for selection, agrees in ((slice(0, 2), True), (slice(1, 3), False)):
+        expected = np.zeros(x.shape)
+        expected[:, selection] = x[:, selection].astype(np.float64) * mask
+        try:
+            exact(res.relevance, expected)
+            passed = True
+        except AssertionError:
+            passed = False
+        assert passed == agrees, selection
 
 
 @pytest.mark.parametrize("axes", [[0], [0, 2], None])

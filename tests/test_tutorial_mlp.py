@@ -18,11 +18,13 @@ L = len(SIZES) - 1                 # 3 linear layers, indices 0, 1, 2 as in the 
 N_SAMPLES = 12
 ACTS = ("a1", "a2")                # the Relu outputs: R[1] lives on a1, R[2] on a2
 
-# Float32 engine vs float64 oracle: each relevance is a sum of 784 / 300 / 100 float32
-# products divided by float32 denominators, so errors of ~1e-6..1e-5 relative to the scale of
-# the relevance map are expected; 1e-4 of max|ref| leaves an order of magnitude of margin
-# while still catching any rule difference (gamma 0.1 vs 0, epsilon 0.1*rms vs 0, a bias in
-# z^B all change the maps by percents).
+# Float32 engine vs float64 oracle, a shallow graph (tests/tolerances.py: an a-priori bound
+# suffices): depth 3, fan-in <= 784, each relevance a sum of 784 / 300 / 100 float32 products
+# divided by float32 denominators: a random walk of 3 * sqrt(784) roundings of 2^-24 is 5e-6
+# of sum|terms|, and the relevance sums cancel by less than 10x here, so errors of ~1e-6..5e-5
+# of max|R| are expected; 1e-4 of max|ref| still catches any rule difference (gamma 0.1 vs
+# 0.12 on layer 1 is rejected: test_the_tolerance_rejects_a_wrong_gamma; epsilon 0.1*rms vs 0,
+# a bias in z^B change the maps by percents).
 RTOL = 1e-4
 ATOL_REL = 1e-4
 
@@ -68,7 +70,7 @@ def make_inputs(seed=1):
     return np.random.default_rng(seed).uniform(-1, 1, (N_SAMPLES, SIZES[0])).astype(np.float32)
 
 
-def tutorial_lrp(x, W, B, target):
+def tutorial_lrp(x, W, B, target, gamma=0.1):
     """The tutorial's MLP procedure for ONE sample x (784,), in float64; returns ([R0, R1, R2], A[L]).
 
     Run per sample on purpose: the tutorial's epsilon on layer 2 is 0.1 * rms(z) with the rms
@@ -82,7 +84,7 @@ def tutorial_lrp(x, W, B, target):
         A.append(np.maximum(0, A[l] @ W[l] + B[l]))
 
     def rho(w, l):
-        return w + [None, 0.1, 0.0][l] * np.maximum(0, w)
+        return w + [None, gamma, 0.0][l] * np.maximum(0, w)
 
     def incr(z, l):
         return z + [None, 0.0, 0.1][l] * (z ** 2).mean() ** .5 + 1e-9
@@ -149,18 +151,41 @@ def test_tutorial_mlp_matches_numpy_oracle_at_every_layer(setup):
     res = ex.explain(x, target=target, layers=ACTS)
     assert res.relevance.shape == x.shape
     np.testing.assert_array_equal(res.target, target)
+    # logits: 3 float32 layers, fan-in <= 784, no division: 3 * sqrt(784) * 2^-24 = 5e-6 of the scale
     np.testing.assert_allclose(res.output, np.stack(outputs), rtol=1e-5, atol=1e-5 * np.abs(outputs).max())
 
+    worst = _compare(res, x, W, B, target)
+    print("\nmax |engine - oracle| / max|oracle| per layer R[0], R[1], R[2]:", worst)
+
+
+def _targets(x, W, B):
+    outputs = [tutorial_lrp(x[i], W, B, 0)[1] for i in range(N_SAMPLES)]
+    return np.array([int(np.argmax(o)) for o in outputs])
+
+
+def _compare(res, x, W, B, target, gamma=0.1):
+    """Every sample and layer within RTOL / ATOL_REL of the oracle (run with ``gamma``)."""
     worst = [0.0] * L
     for i in range(N_SAMPLES):
-        ref, _ = tutorial_lrp(x[i], W, B, target[i])
+        ref, _ = tutorial_lrp(x[i], W, B, target[i], gamma)
         got = [res.relevance[i], res.layers["a1"][i], res.layers["a2"][i]]
         for l in range(L):
             assert np.abs(ref[l]).max() > 0, f"sample {i} layer {l}: reference relevance is all zero"
             np.testing.assert_allclose(got[l], ref[l], rtol=RTOL, atol=ATOL_REL * np.abs(ref[l]).max(),
                                        err_msg=f"sample {i}, R[{l}]")
             worst[l] = max(worst[l], max_rel_err(got[l], ref[l]))
-    print("\nmax |engine - oracle| / max|oracle| per layer R[0], R[1], R[2]:", worst)
+    return worst
+
+
+def test_the_tolerance_rejects_a_wrong_gamma(setup):
+    """The oracle with gamma 0.12 instead of 0.1 on layer 1, a small but real change: the
+    comparison at RTOL / ATOL_REL fails."""
+    W, B, model, x = setup
+    target = _targets(x, W, B)
+    res = lrp_onnx.Explainer(model, composite="tutorial_mlp").explain(x, target=target, layers=ACTS)
+    _compare(res, x, W, B, target)   # the right oracle passes
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        _compare(res, x, W, B, target, gamma=0.12)
 
 
 def test_target_none_is_predicted_class(setup):
@@ -188,7 +213,8 @@ def test_lrp0_without_biases_conserves_at_every_layer():
     assert np.all(explained > 0)
     np.testing.assert_allclose(res.total, explained, rtol=1e-6)
     # float32 sums of a few hundred relevances of mixed sign: 1e-4 of the explained output
-    # (LRP-0 on the input layer can make individual relevances larger than the total).
+    # (LRP-0 on the input layer can make individual relevances larger than the total: sum|R|
+    # up to ~10x the total, and 3 layers * sqrt(784) * 2^-24 = 5e-6 of sum|R| per sum).
     for name, rel in (("x", res.relevance), ("a1", res.layers["a1"]), ("a2", res.layers["a2"])):
         sums = rel.sum(axis=1, dtype=np.float64)
         np.testing.assert_allclose(sums, explained, rtol=1e-4, err_msg=f"conservation at {name}")

@@ -9,18 +9,21 @@ A summand that is not on the relevance path (a constant bias, a side input) keep
 it is absorbed, like a bias in the epsilon rule. Broadcast summands get their relevance summed
 back over the broadcast axes.
 
-Mul/Div by a constant scale every contribution alike, so relevance passes unchanged. A product
-of an activation and a *gate* (a Sigmoid/HardSigmoid/Erf/Tanh output, possibly shifted or
+Mul/Div by a constant and Neg scale every contribution alike, so relevance passes unchanged.
+A product of an activation and a *gate* (a Sigmoid/HardSigmoid/Erf/Tanh output, possibly shifted or
 scaled by constants: squeeze-excitation, SiLU = x * Sigmoid(x), GELU = x * (1 + Erf(x/sqrt 2)) / 2)
 gives all relevance to the gated signal and none to the gate, as the gate only modulates how
 much of the signal passes (the treatment of gates in LRP for LSTMs, Arras et al. 2017, and of
-SiLU/GELU as activations in AttnLRP, Achtibat et al. 2024).
+SiLU/GELU as activations in AttnLRP, Achtibat et al. 2024). A product of two activations
+neither of which is a gate (SwiGLU's act(gate) * up) takes the bilinear rule (family
+"bilinear", ops/bilinear.py: R/2 to each, or all to up under CP-LRP).
 """
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
 from ..errors import ModelError
+from . import bilinear
 from .registry import register
 
 #: The stabilizer of the proportional split of sums (zennit's default for Norm).
@@ -58,41 +61,55 @@ def proportional_split(ctx, node, rule, relevance):
     return result
 
 
-def _gate_source(ctx, tensor: str) -> Optional[str]:
+def gate_source(graph, tensor: str) -> Optional[str]:
     """The gate op a tensor comes from (through element-wise ops with a constant operand), or None."""
     for _ in range(8):   # 1 + erf(x) * 0.5 and the like are a few steps deep at most
-        producer = ctx.graph.nodes.get(ctx.graph.producer.get(tensor, ""))
+        producer = graph.nodes.get(graph.producer.get(tensor, ""))
         if producer is None:
             return None
         if producer.op_type in GATE_OPS:
             return producer.op_type
         if producer.op_type not in _GATE_PRESERVING:
             return None
-        varying = [name for name in producer.input if name not in ctx.graph.constants]
+        varying = [name for name in producer.input if name not in graph.constants]
         if len(varying) != 1:
             return None
         tensor = varying[0]
     return None
 
 
+def is_gated(graph, node) -> bool:
+    """A Mul of a signal and exactly one gate (SiLU x * sigmoid(x), GELU's x * (1 + erf) / 2)."""
+    return sum(gate_source(graph, name) is not None for name in node.input[:2] if name not in graph.constants) == 1
+
+
 @register("Mul", "Div", family="scale")
 def scale_or_gate(ctx, node, rule, relevance):
-    """x * c, x / c: R_x = R. x * gate(...): R_x = R, the gate gets none (see module doc)."""
+    """x * c, x / c: R_x = R. x * gate(...): R_x = R, the gate gets none (see module doc).
+    a * b of two activations, neither a gate: the bilinear rule (ops/bilinear.py)."""
     r, y = relevance[node.output[0]], node.output[0]
     on_path = [name for name in node.input if ctx.carries(name)]
     if node.op_type == "Div" and node.input[1] in on_path:
         raise ModelError(f"Div {node.name!r} divides by an activation ({node.input[1]!r}); only division "
                          f"by a constant passes relevance")
     if len(on_path) == 2 and node.input[0] != node.input[1]:
-        gates = [name for name in on_path if _gate_source(ctx, name)]
-        if len(gates) != 1:
+        gates = [name for name in on_path if gate_source(ctx.graph, name)]
+        if not gates:   # a product of two activations (SwiGLU's act(gate) * up): family "bilinear"
+            return bilinear.elementwise(ctx, node, rule, relevance, lambda mul: is_gated(ctx.graph, mul))
+        if len(gates) == 2:
             raise ModelError(
-                f"Mul {node.name!r} multiplies two activations ({node.input[0]!r}, {node.input[1]!r}); "
-                f"lrp_onnx passes relevance through a product only when exactly one factor is a gate "
-                f"(a {'/'.join(sorted(GATE_OPS))} output), found {len(gates)}"
+                f"Mul {node.name!r} multiplies two gates ({node.input[0]!r}, {node.input[1]!r}, both "
+                f"{'/'.join(sorted(GATE_OPS))} outputs); lrp_onnx passes relevance through a gated product only "
+                f"when exactly one factor is a gate, and through a product of two non-gates by the bilinear rule"
             )
         on_path = [name for name in on_path if name not in gates]
     elif len(on_path) == 2:
         raise ModelError(f"Mul {node.name!r} squares an activation ({node.input[0]!r}); no relevance rule for x*x")
     (signal,) = on_path
     return [(signal, ctx.unbroadcast(r, y, signal))]
+
+
+@register("Neg", family="scale", data_slots=(0,))
+def negate(ctx, node, rule, relevance):
+    """y = -x (a Mul by -1, as in Llama's rotary rotate_half): R_x = R."""
+    return [(node.input[0], relevance[node.output[0]])]

@@ -6,10 +6,13 @@ The compile loop is the same; in gradient mode the tensor flowing back is G = d 
 ``GRADIENT_HANDLERS`` instead of ``HANDLERS``:
 
 - linear layers (Gemm, MatMul, Conv, pools, Reduce, BatchNormalization) keep their LRP handler:
-  under the Gradient rule ``propagate_linear`` returns ``f^T(G; W)``, their VJP;
-- MaxPool (winner-take-all: G to each window's arg-max), shape ops and Concat/Split/Slice/Pad
-  only move elements: their relevance handler already is their VJP;
-- activations, sums and products get their derivative here (Relu: G * (x > 0), ...).
+  under the Gradient rule ``propagate_linear`` returns ``f^T(G; W)``, their VJP; so do MatMul
+  and Einsum of two activations (ops/bilinear.py: G b^T and a^T G under the Gradient rule);
+- MaxPool (winner-take-all: G to each window's arg-max), shape ops, Concat/Split/Slice/Pad and
+  Gather*/Where/Expand only move elements: their relevance handler already is their VJP;
+- activations, sums and products get their derivative here (Relu: G * (x > 0), ...), and so do
+  Softmax, LayerNormalization and RMSNormalization (their statistics differentiated, unlike
+  the LRP rules that hold them constant).
 
 An op without an entry has no VJP in lrp_onnx: compiling a gradient for it is an
 UnsupportedOpError naming it, never a silent pass-through.
@@ -22,27 +25,31 @@ from typing import Callable, Dict, Tuple
 import onnx
 
 from ..errors import UnsupportedOpError
+from ..canonicalize.private import DOMAIN as PRIVATE_DOMAIN
 from .linear import attributes
-from .registry import HANDLERS, lookup
+from .normalization import inverse_scale, normalized_axes
+from .registry import HANDLERS, Key, key_name, lookup
+from .softmax import softmax_axis
 
 #: Ops whose relevance handler is their VJP (under the Gradient rule for the linear layers).
 SAME_AS_RELEVANCE = (
     "Gemm", "MatMul", "Conv", "AveragePool", "GlobalAveragePool", "MaxPool", "ReduceMean", "ReduceSum",
     "BatchNormalization",
     "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Cast", "Concat", "Split", "Slice", "Pad",
+    "Einsum", "Gather", "GatherElements", "GatherND", "Where", "Expand",
 )
 
-GRADIENT_HANDLERS: Dict[str, Callable] = {op: HANDLERS[op].propagate for op in SAME_AS_RELEVANCE}
+GRADIENT_HANDLERS: Dict[Key, Callable] = {("", op): HANDLERS["", op].propagate for op in SAME_AS_RELEVANCE}
 
 
-def vjp(*op_types: str):
-    """Decorator: ``fn(ctx, node, G_out) -> [(input, G_in)]`` is the VJP of ``op_types``."""
+def vjp(*op_types: str, domain: str = ""):
+    """Decorator: ``fn(ctx, node, G_out) -> [(input, G_in)]`` is the VJP of ``op_types`` (of ``domain``)."""
 
     def wrap(fn):
         for op_type in op_types:
-            if op_type in GRADIENT_HANDLERS:
-                raise RuntimeError(f"two gradient handlers registered for {op_type}")
-            GRADIENT_HANDLERS[op_type] = lambda ctx, node, rule, relevance, fn=fn: fn(ctx, node, relevance[node.output[0]])
+            if (domain, op_type) in GRADIENT_HANDLERS:
+                raise RuntimeError(f"two gradient handlers registered for {key_name((domain, op_type))}")
+            GRADIENT_HANDLERS[domain, op_type] = lambda ctx, node, rule, relevance, fn=fn: fn(ctx, node, relevance[node.output[0]])
         return fn
 
     return wrap
@@ -154,10 +161,10 @@ def erf(ctx, node, g):
 
 @vjp("Gelu")
 def gelu(ctx, node, g):
-    """Exact GELU (approximate="none"): G * (Phi(x) + x * phi(x))."""
+    """Exact GELU: G * (Phi(x) + x * phi(x)); approximate="tanh": as GeluTanh below."""
     approximate = attributes(node).get("approximate", b"none")
-    if (approximate.decode() if isinstance(approximate, bytes) else approximate) != "none":
-        raise UnsupportedOpError(f"Gelu {node.name!r} with approximate={approximate!r}: only the exact Gelu has a gradient here")
+    if (approximate.decode() if isinstance(approximate, bytes) else approximate) == "tanh":
+        return gelu_tanh(ctx, node, g)
     b, x = ctx.builder, node.input[0]
     cdf = b.op("Mul", [b.op("Add", [b.op("Erf", [b.op("Mul", [x, b.const(1 / math.sqrt(2))], "gelu_s")], "gelu_erf"),
                                     b.const(1.0)], "gelu_1p"), b.const(0.5)], "gelu_cdf")
@@ -165,6 +172,22 @@ def gelu(ctx, node, g):
                        b.const(1 / math.sqrt(2 * math.pi))], "gelu_pdf")
     dy = b.op("Add", [cdf, b.op("Mul", [x, pdf], "gelu_xpdf")], "gelu_dy")
     return [(x, b.op("Mul", [g, dy], "g_gelu"))]
+
+
+@vjp("GeluTanh", domain=PRIVATE_DOMAIN)
+def gelu_tanh(ctx, node, g):
+    """y = x (1 + t) / 2, t = tanh(c (x + k x^3)): G * ((1 + t) / 2 + x (1 - t^2) c (1 + 3 k x^2) / 2)."""
+    b, x = ctx.builder, node.input[0]
+    c, k = math.sqrt(2 / math.pi), 0.044715
+    x2 = b.op("Mul", [x, x], "x_sq")
+    u = b.op("Mul", [b.op("Add", [x, b.op("Mul", [b.op("Mul", [x2, x], "x_cube"), b.const(k)], "gt_kx3")], "gt_u0"),
+                     b.const(c)], "gt_u")
+    t = b.op("Tanh", [u], "gt_t")
+    du = b.op("Mul", [b.op("Add", [b.op("Mul", [x2, b.const(3 * k)], "gt_3kx2"), b.const(1.0)], "gt_du0"), b.const(c)], "gt_du")
+    dt = b.op("Mul", [b.op("Sub", [b.const(1.0), b.op("Mul", [t, t], "gt_t2")], "gt_sech2"), du], "gt_dt")
+    dy = b.op("Mul", [b.op("Add", [b.op("Add", [t, b.const(1.0)], "gt_1pt"), b.op("Mul", [x, dt], "gt_xdt")], "gt_2dy"),
+                      b.const(0.5)], "gt_dy")
+    return [(x, b.op("Mul", [g, dy], "g_gelu_tanh"))]
 
 
 @vjp("HardSwish")
@@ -200,6 +223,12 @@ def product(ctx, node, g):
     return result
 
 
+@vjp("Neg")
+def negation(ctx, node, g):
+    """-G."""
+    return [(node.input[0], ctx.builder.op("Neg", [g], "g_neg"))]
+
+
 @vjp("Div")
 def quotient(ctx, node, g):
     """d(a / b) = G / b for a and -G a / b^2 = -G y / b for b."""
@@ -214,5 +243,48 @@ def quotient(ctx, node, g):
     return result
 
 
+@vjp("Softmax")
+def softmax(ctx, node, g):
+    """s * (G - sum_axis(s * G))."""
+    b, s = ctx.builder, node.output[0]
+    total = b.reduce("ReduceSum", b.op("Mul", [s, g], "g_sg"), [softmax_axis(ctx, node)], keepdims=1, hint="g_sg_sum")
+    return [(node.input[0], b.op("Mul", [s, b.op("Sub", [g, total], "g_centered")], "g_softmax"))]
+
+
+def _scale_gradient(ctx, node, g) -> str:
+    """G * w (the LayerNorm/RMSNorm scale; computed scales have no gradient here)."""
+    if node.input[1] not in ctx.graph.constants:
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r} has a computed scale; its gradient is not implemented")
+    return ctx.builder.op("Mul", [g, node.input[1]], "g_scaled")
+
+
+@vjp("LayerNormalization")
+def layer_norm(ctx, node, g):
+    """With x^ = (x - mean) / sigma and g = G * w: (g - mean(g) - x^ mean(g x^)) / sigma."""
+    b, x = ctx.builder, node.input[0]
+    axes = normalized_axes(ctx, node)
+    inverse = inverse_scale(ctx, node, axes, centered=True)
+    x_hat = b.op("Mul", [b.op("Sub", [x, b.reduce("ReduceMean", x, axes, hint="g_ln_mean")], "g_ln_centered"), inverse],
+                 "g_ln_xhat")
+    gw = _scale_gradient(ctx, node, g)
+    inner = b.op("Sub", [b.op("Sub", [gw, b.reduce("ReduceMean", gw, axes, hint="g_ln_gmean")], "g_ln_gc"),
+                         b.op("Mul", [x_hat, b.reduce("ReduceMean", b.op("Mul", [gw, x_hat], "g_ln_gx"), axes,
+                                                      hint="g_ln_gxmean")], "g_ln_proj")], "g_ln_inner")
+    return [(x, b.op("Mul", [inner, inverse], "g_ln"))]
+
+
+@vjp("RMSNormalization")
+@vjp("RMSNormalization", domain=PRIVATE_DOMAIN)
+def rms_norm(ctx, node, g):
+    """With r = 1 / rms(x) and g = G * w: r g - r^3 x mean(g x)."""
+    b, x = ctx.builder, node.input[0]
+    axes = normalized_axes(ctx, node)
+    r = inverse_scale(ctx, node, axes, centered=False)
+    gw = _scale_gradient(ctx, node, g)
+    projection = b.op("Mul", [b.op("Mul", [x, b.op("Mul", [r, b.op("Mul", [r, r], "g_rms_r2")], "g_rms_r3")], "g_rms_xr3"),
+                      b.reduce("ReduceMean", b.op("Mul", [gw, x], "g_rms_gx"), axes, hint="g_rms_gxmean")], "g_rms_proj")
+    return [(x, b.op("Sub", [b.op("Mul", [gw, r], "g_rms_gr"), projection], "g_rms"))]
+
+
 def supported() -> Tuple[str, ...]:
-    return tuple(sorted(GRADIENT_HANDLERS))
+    return tuple(sorted(key_name(key) for key in GRADIENT_HANDLERS))

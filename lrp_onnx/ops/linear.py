@@ -1,4 +1,5 @@
-"""Gemm, MatMul with a constant weight, and Conv: the linear layers with parameters."""
+"""Gemm, MatMul with a constant weight, and Conv: the linear layers with parameters (a MatMul
+of two activations is dispatched to ops/bilinear.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +7,7 @@ from onnx import helper
 
 from ..canonicalize.gemm import is_canonical
 from ..errors import ModelError
+from . import bilinear
 from .propagate import LinearLayer, propagate_linear
 from .registry import register
 
@@ -47,9 +49,13 @@ def gemm(ctx, node, rule, relevance):
     return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
 
 
-@register("MatMul", family="dense", data_slots=(0,))
+@register("MatMul", family="dense")
 def matmul(ctx, node, rule, relevance):
-    """Y = X @ W with a constant 2-D W (X of any rank >= 2); f^T(s) = s @ W^T."""
+    """Y = X @ W with a constant 2-D W (X of any rank >= 2); f^T(s) = s @ W^T. A MatMul of two
+    activations (W not a constant: Q K^T, A V) is family "bilinear" (ops/families.py) and
+    takes the bilinear rule (ops/bilinear.py)."""
+    if node.input[1] not in ctx.graph.constants:
+        return bilinear.matmul(ctx, node, rule, relevance)
     b = ctx.builder
     parameters = _parameters(ctx, node)
     if len(ctx.graph.shape(node.input[1])) != 2:

@@ -3,15 +3,28 @@
 BatchNormalization (inference) is a per-channel affine map y = s * x + t with
 s = scale / sqrt(var + eps), t = B - mean * s: a linear layer with a diagonal weight, so it takes
 a rule (family "norm"; composites give it Epsilon(1e-6) unless a predicate picks another, e.g.
-Pass). LayerNormalization gets the identity rule, R_in = R_out, as AttnLRP (Achtibat et al.
-2024) and LXT do for normalization layers: the division by the standard deviation is treated as
-a constant, and the affine part is not given a share of the relevance.
+Pass).
+
+LayerNormalization and RMSNormalization are read as AttnLRP and LXT read them (Achtibat et al.
+2024, Prop. 3.4; LXT's ``layer_norm`` and ``rms_norm_identity``): the standard deviation (the
+root mean square) is a constant of the sample, so the layer is linear in x and takes the
+norm family's rule (LRP0, Epsilon or Pass):
+
+    LayerNorm  y = W x + b,  W_ij = w_i (delta_ij - 1/D) / sigma:  with s = R / incr(y),
+               R_x = x * (w s - mean(w s)) / sigma     (the mean over the normalized axes)
+    RMSNorm    y = w x / rms:                          R_x = x * w s / rms
+
+The bias b is absorbed (it is in y), as in LXT's ``layer_norm``, which differentiates y with
+sigma detached and takes x * grad(R / (y + 1e-6)). For RMSNorm (no bias) Epsilon gives
+R_x = R y / incr(y), the identity up to the stabilizer; Pass is exactly LXT's identity.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
+from .. import rules as R
+from ..canonicalize.private import DOMAIN as PRIVATE_DOMAIN
+from ..errors import CompositeError, ModelError
 from .linear import attributes
 from .propagate import LinearLayer, propagate_linear
 from .registry import register
@@ -41,7 +54,65 @@ def batch_norm(ctx, node, rule, relevance):
     return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
 
 
-@register("LayerNormalization", family="activation", data_slots=(0,))
+#: The rules under which a normalization with its statistics held constant is the linear map of
+#: the module doc (a rule that modifies the input or the weights would change the statistics).
+_NORM_RULES = (R.LRP0, R.Epsilon, R.Pass)
+
+
+def normalized_axes(ctx, node):
+    rank = len(ctx.graph.shape(node.input[0]))
+    axis = attributes(node).get("axis", -1) % rank
+    if axis == 0:
+        raise ModelError(f"{node.op_type} {node.name!r} normalizes over the batch axis; relevance is explained per sample")
+    return list(range(axis, rank))
+
+
+def inverse_scale(ctx, node, axes, centered: bool) -> str:
+    """1 / sqrt(mean((x - mean x)^2) + eps) (LayerNorm) or 1 / sqrt(mean(x^2) + eps) (RMSNorm),
+    recomputed from x: the constant of each sample."""
+    b, x = ctx.builder, node.input[0]
+    if centered:
+        x = b.op("Sub", [x, b.reduce("ReduceMean", x, axes, hint="ln_mean")], "ln_centered")
+    variance = b.reduce("ReduceMean", b.op("Mul", [x, x], "ln_square"), axes, hint="ln_var")
+    eps = b.const(attributes(node).get("epsilon", 1e-5))
+    return b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [variance, eps], "ln_var_eps")], "ln_std")], "ln_inv_std")
+
+
+def _statistics_constant(ctx, node, rule, relevance, centered: bool):
+    if not isinstance(rule, _NORM_RULES):
+        raise CompositeError(f"{node.op_type} {node.name!r} (family 'norm') takes LRP0, Epsilon or Pass, not {rule}: "
+                             f"its statistics are held constant, which a rule that modifies inputs or weights would break")
+    b = ctx.builder
+    scale = node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    for role, name in (("scale", scale), ("bias", bias)):
+        if name is not None and name not in ctx.graph.constants:
+            raise ModelError(f"{node.op_type} {node.name!r} has a computed {role} {name!r}; lrp_onnx needs constant parameters")
+    axes = normalized_axes(ctx, node)
+    inverse = inverse_scale(ctx, node, axes, centered)
+
+    def forward(x, w, c):   # only without the bias (zero_bias): the same statistics
+        return b.op(node.op_type, [x, w], "z_norm", domain=node.domain, **attributes(node))
+
+    def transpose(s, w):
+        ws = b.op("Mul", [s, w], "norm_ws")
+        if centered:
+            ws = b.op("Sub", [ws, b.reduce("ReduceMean", ws, axes, hint="norm_ws_mean")], "norm_ws_centered")
+        return b.op("Mul", [ws, inverse], "c_norm")
+
+    layer = LinearLayer(node.name, node.input[0], node.output[0], forward, transpose, weight_name=scale, bias_name=bias)
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+@register("LayerNormalization", family="norm", data_slots=(0,))
 def layer_norm(ctx, node, rule, relevance):
-    """Identity rule: R_in = R_out (see module doc)."""
-    return [(node.input[0], relevance[node.output[0]])]
+    """LayerNorm with sigma held constant: a linear layer under the norm rule (module doc)."""
+    return _statistics_constant(ctx, node, rule, relevance, centered=True)
+
+
+@register("RMSNormalization", family="norm", data_slots=(0,))
+@register("RMSNormalization", family="norm", data_slots=(0,), domain=PRIVATE_DOMAIN)
+def rms_norm(ctx, node, rule, relevance):
+    """RMSNorm (ONNX opset 23, or canonicalize/rmsnorm.py's node below it) with the rms held
+    constant: a per-element scaling under the norm rule (module doc)."""
+    return _statistics_constant(ctx, node, rule, relevance, centered=False)

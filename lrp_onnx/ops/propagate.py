@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import rules as R
 from ..errors import CompositeError
+from .bounds import layer_bound
 
 
 @dataclass
@@ -40,25 +41,6 @@ class LinearLayer:
     weight_name: Optional[str] = None
     bias_name: Optional[str] = None
     reuse_output: bool = True
-
-
-def _bound_constant(ctx, layer: LinearLayer, value, which: str) -> np.ndarray:
-    """A ZBox bound shaped to broadcast against the layer input (scalar, per channel, or a
-    whole sample)."""
-    array = np.asarray(value, dtype=np.float32)
-    sample = ctx.graph.static_shape(layer.input)
-    rank = len(sample) + 1
-    if array.size == 1:
-        return array.reshape(())
-    if sample and array.size == sample[0]:
-        return array.reshape((1, -1) + (1,) * (rank - 2))
-    if array.size == int(np.prod(sample)):
-        return array.reshape((1,) + sample)
-    raise CompositeError(
-        f"ZBox {which} bound of layer {layer.node_name!r} has {array.size} values; the layer input "
-        f"{layer.input!r} has shape {('N',) + sample}: give a scalar, one value per channel "
-        f"({sample[0] if sample else 1}) or a whole sample ({int(np.prod(sample))})"
-    )
 
 
 #: Input modifiers that feed a constant (one sample, broadcast over the batch) to f.
@@ -104,7 +86,8 @@ class _Branches:
         # constant inputs are one sample, broadcast over the batch later: f of a constant is
         # a constant that onnxruntime folds at session creation instead of running per batch
         if kind in (R.LOW, R.HIGH):
-            bound = _bound_constant(self.ctx, self.layer, getattr(self.rule, kind), kind)
+            bound = layer_bound(self.ctx, self.layer.node_name, self.layer.input, getattr(self.rule, kind), kind,
+                                    self.rule.tensor)
             sample = (1,) + self.ctx.graph.static_shape(a)
             return b.const(np.broadcast_to(bound, sample), kind), b.const(bound, kind)
         if kind == R.ONES:
