@@ -115,6 +115,16 @@ def _target(text: str):
         raise argparse.ArgumentTypeError(f"--target must be 'pred' or a class index, got {text!r}") from None
 
 
+def _load_npy(path: str) -> np.ndarray:
+    """The array in the .npy file ``path``; InputError if it is missing or not a plain array."""
+    if not os.path.isfile(path):
+        raise InputError(f"input file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise InputError(f"{path} is not a numeric .npy array ({exc})") from None
+
+
 def _read_inputs(paths, model_shape, spec):
     """[(name, sample, display RGB or None, layout, size)] for every input file; .npy files
     hold one sample or a batch, images are preprocessed. Everything is checked here, before
@@ -126,12 +136,7 @@ def _read_inputs(paths, model_shape, spec):
     for path in paths:
         stem = Path(path).stem
         if path.lower().endswith(".npy"):
-            if not os.path.isfile(path):
-                raise InputError(f"input file not found: {path}")
-            try:
-                array = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise InputError(f"{path} is not a numeric .npy array ({exc})") from None
+            array = _load_npy(path)
             if array.dtype.kind not in "fiu":
                 raise InputError(f"{path} has dtype {array.dtype}; the model takes float32 numbers")
             samples = [array] if array.ndim == len(expected) else list(array) if array.ndim == len(expected) + 1 else None
@@ -223,12 +228,7 @@ def _several_inputs(args, explainer, spec):
         info = next(i for i in explainer.forward_model.graph.input if i.name == name)
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
         if path.lower().endswith(".npy"):
-            if not os.path.isfile(path):
-                raise InputError(f"input file not found: {path}")
-            try:
-                array = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise InputError(f"{path} is not a numeric .npy array ({exc})") from None
+            array = _load_npy(path)
             samples = [array] if array.ndim == len(shape) - 1 else list(array)
             stem = Path(path).stem
             read[name] = [(stem if len(samples) == 1 and array.ndim == len(shape) - 1 else f"{stem}_{i}", s, None, "auto", None)
