@@ -9,7 +9,7 @@ LXT_VENV := .venv-lxt
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torch,test,demo,audit,keras,jax,dynamo]'
+	$(PY) -m pip install --quiet -e '.[torch,test,demo,audit,keras,jax,dynamo,text,timm]'
 	touch $@
 
 # tests/test_web.py drives Debian's Chromium and runs Node.js: as root (CI) they are installed

@@ -7,17 +7,18 @@
 """
 from . import composites, rules
 from .compile import compile_explainer
-from .composites import Composite, First, Family, Index, Name, preset
+from .composites import AllOf, Composite, First, Family, Index, Name, preset
 from .errors import CompositeError, InputError, LRPError, ModelError, UnsupportedOpError
 from .explainer import Explainer, Explanation
 from .ops import supported_ops
 from .rules import LRP0, AlphaBeta, AttnSoftmax, CPConstant, Epsilon, Flat, Gamma, Pass, Uniform, WSquare, ZBox, ZPlus
+from .targets import RegionTarget
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Explainer", "Explanation", "compile_explainer", "supported_ops",
-    "Composite", "Family", "First", "Index", "Name", "preset", "composites", "rules",
+    "Explainer", "Explanation", "RegionTarget", "compile_explainer", "supported_ops",
+    "Composite", "AllOf", "Family", "First", "Index", "Name", "preset", "composites", "rules",
     "LRP0", "Epsilon", "Gamma", "ZPlus", "AlphaBeta", "ZBox", "Flat", "WSquare", "Pass", "Uniform", "AttnSoftmax",
     "CPConstant",
     "LRPError", "ModelError", "UnsupportedOpError", "CompositeError", "InputError",

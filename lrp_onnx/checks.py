@@ -62,9 +62,16 @@ def from_exception(exc: LRPError, op_type: str, node: str) -> Blocker:
     return Blocker(str(exc), "", op_type, node, "refused", type(exc))
 
 
-def model_blockers(mg) -> List[Blocker]:
+def _quantized(op_type: str, domain: str) -> bool:
+    return (op_type in QUANTIZED_OPS or op_type.startswith("QLinear")
+            or (domain == "com.microsoft" and op_type == "QGemm"))
+
+
+def model_blockers(mg, reported: Sequence[str] = ()) -> List[Blocker]:
     """The composite-independent checks on the relevance sources and the explained output of
-    ``mg`` (a ModelGraph): float32 element types. Sizes after the batch axis may be dynamic; a
+    ``mg`` (a ModelGraph): float32 element types; and the quantized ops and onnxruntime
+    fusions left anywhere in the graph, except the nodes named in ``reported`` (already a
+    blocker of their own, with the same hint). Sizes after the batch axis may be dynamic; a
     handler that needs them static says so (ModelGraph.static_shape, with HINT_STATIC)."""
     found = []
     for role, tensor in [("input", t) for t in mg.sources] + [("output", mg.output)]:
@@ -78,13 +85,13 @@ def model_blockers(mg) -> List[Blocker]:
                              error=UnsupportedOpError))
     from .ops.registry import has_handler   # here: ops imports this module's neighbours
 
-    contrib = sorted({n.op_type for n in nodes if n.domain == "com.microsoft" and not has_handler(n)
-                      and n.op_type not in QUANTIZED_OPS and not n.op_type.startswith("QLinear") and n.op_type != "QGemm"})
+    elsewhere = [n for n in nodes if n.name not in set(reported)]
+    contrib = sorted({n.op_type for n in elsewhere if n.domain == "com.microsoft" and not has_handler(n)
+                      and not _quantized(n.op_type, n.domain)})
     if contrib:
         found.append(Blocker(f"onnxruntime fusions that lrp_onnx does not undo remain ({', '.join(contrib)})",
                              HINT_CONTRIB, error=UnsupportedOpError))
-    quantized = sorted({n.op_type for n in nodes if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
-                        or (n.domain == "com.microsoft" and n.op_type == "QGemm")})
+    quantized = sorted({n.op_type for n in elsewhere if _quantized(n.op_type, n.domain)})
     if quantized:
         found.append(Blocker(f"quantized ops remain after canonicalization ({', '.join(quantized)})", HINT_QUANTIZED,
                              error=UnsupportedOpError))
@@ -127,9 +134,13 @@ def raise_blockers(blockers: Sequence[Blocker], supported: Sequence[str] = ()) -
     raise error(message)
 
 
-def handler_blocker(op_type: str, node: str, gradient: bool) -> Blocker:
-    """The blocker of a node whose op type has no relevance handler (or no VJP, in gradient mode)."""
+def handler_blocker(op_type: str, domain: str, node: str, gradient: bool) -> Blocker:
+    """The blocker of a node whose op type has no relevance handler (or no VJP, in gradient
+    mode); a quantized op or an onnxruntime fusion gets the hint for those."""
+    name = f"{domain}:{op_type}" if domain not in ("", "ai.onnx") else op_type
+    hint = (HINT_QUANTIZED if _quantized(op_type, domain) else HINT_CONTRIB if domain == "com.microsoft"
+            else HINT_GRADIENT if gradient else HINT_HANDLER)
     if gradient:
-        return Blocker("no gradient (vector-Jacobian product) in lrp_onnx", HINT_GRADIENT, op_type, node,
+        return Blocker("no gradient (vector-Jacobian product) in lrp_onnx", hint, name, node,
                        "no gradient", UnsupportedOpError)
-    return Blocker("no relevance handler in lrp_onnx", HINT_HANDLER, op_type, node, "no handler", UnsupportedOpError)
+    return Blocker("no relevance handler in lrp_onnx", hint, name, node, "no handler", UnsupportedOpError)

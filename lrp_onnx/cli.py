@@ -25,7 +25,6 @@ HANDLING = {
     "activation": "pass",
     "shape": "pass (inverse shape op)",
     "merge": "split back to the inputs",
-    "sum": "split in proportion to the summands",
     "scale": "pass (a gate gets none)",
     "maxpool": "winner-take-all",
     "select": "to the selected branch (none to the condition)",
@@ -95,12 +94,14 @@ def _inspect(args) -> int:
 
 
 def _demo(args):
-    from .demo import run_digits, run_vgg16
+    from .demo import run_digits, run_text, run_vgg16
 
     if args.which == "vgg16":
         run_vgg16(args.out, args.weights)
     elif args.weights:
         raise InputError("--weights is for `lrp-onnx demo vgg16`")
+    elif args.which == "text":
+        run_text(args.out)
     else:
         run_digits(args.out)
 
@@ -113,6 +114,46 @@ def _target(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--target must be 'pred' or a class index, got {text!r}") from None
+
+
+def _explain_target(args):
+    """explain's target: --target; --target-region CLASS:Y0:Y1:X0:X1 (a box of a segmentation
+    output); --target-mask FILE.npy with --target K: an (H, W) region of class K, alone: a mask
+    shaped like one output, for every input (lrp_onnx/targets.py)."""
+    from .targets import RegionTarget, parse_region
+
+    if args.target_region is not None:
+        if args.target_mask is not None or args.target is not None:
+            raise InputError("--target-region gives the class and the region: use it without --target and --target-mask")
+        return parse_region(args.target_region)
+    if args.target_mask is None:
+        return args.target
+    mask = _load_npy(args.target_mask)
+    if args.target is None:
+        return mask
+    if mask.ndim != 2:
+        raise InputError(f"--target-mask with --target: {args.target_mask} must be an (H, W) region of the output's "
+                         f"pixels for every input, got shape {mask.shape}")
+    return RegionTarget(args.target, mask)
+
+
+def _batch_target(target, n: int):
+    """``target`` for a batch of n inputs: one output's mask (an array) repeated n times."""
+    return np.broadcast_to(target, (n,) + target.shape) if isinstance(target, np.ndarray) else target
+
+
+def _headline(res, i: int, target) -> str:
+    """Sample i's predicted class, score and target; for a region or mask target the explained
+    score sum(output * mask) instead."""
+    from .targets import RegionTarget
+
+    if isinstance(target, RegionTarget):
+        return f"class {target.class_index} over the region (score {res.total[i]:.4g})"
+    if isinstance(target, np.ndarray):
+        return f"target mask (score {res.total[i]:.4g})"
+    scores = res.output[i].reshape(-1)
+    predicted = int(scores.argmax())
+    return f"predicted {predicted} (score {scores[predicted]:.4g}), target {int(res.target[i])}"
 
 
 def _load_npy(path: str) -> np.ndarray:
@@ -241,7 +282,7 @@ def _several_inputs(args, explainer, spec):
     return read
 
 
-def _explain_several(args, explainer, spec):
+def _explain_several(args, explainer, spec, target):
     """Explain a model with several inputs (NAME=FILE each): per sample one line (predicted
     class, score, target, the relevance sum over all inputs), then each input's relevance:
     drawn for an image-shaped input (`<name>.<input>.png`), listed for the others."""
@@ -256,7 +297,7 @@ def _explain_several(args, explainer, spec):
     for start in range(0, total, args.batch_size):
         stop = min(start + args.batch_size, total)
         feeds = {name: np.stack([item[1] for item in read[name][start:stop]]) for name in names}
-        res = explainer.explain(feeds, target=args.target, layers=args.layers)
+        res = explainer.explain(feeds, target=_batch_target(target, stop - start), layers=args.layers)
         for i in range(stop - start):
             stem = samples[start + i][0]
             lines = []
@@ -276,15 +317,66 @@ def _explain_several(args, explainer, spec):
                 write_png(os.path.join(args.out, f"{stem}.{_safe(layer)}.png"), _enlarge(colorize(relevance_map(r), args.cmap)))
                 if args.save_npy:
                     _save_npy(os.path.join(args.out, f"{stem}.{_safe(layer)}.npy"), r)
-            scores = res.output[i].reshape(-1)
-            predicted = int(scores.argmax())
             summed = sum(float(r[i].sum(dtype=np.float64)) for r in res.sources.values())
-            print(f"{stem}: predicted {predicted} (score {scores[predicted]:.4g}), target {int(res.target[i])}, "
-                  f"relevance sum {summed:.4g} over {len(res.sources)} inputs")
+            print(f"{stem}: {_headline(res, i, target)}, relevance sum {summed:.4g} over {len(res.sources)} inputs")
             for line in lines:
                 print(line)
         if total > PROGRESS_ABOVE:
             _progress(stop, total)
+
+
+def _text_lines(res, color: bool) -> str:
+    """The tokens and their relevance (render.tokens_terminal) under one line of totals."""
+    from .render import tokens_terminal
+
+    return (f"relevance sum {res.relevance.sum():.4g} of {res.score:.4g} on the output\n"
+            + tokens_terminal(res.tokens, res.relevance, color))
+
+
+def _explain_text(args):
+    """--text (and --text-pair) with --tokenizer: print each token with its relevance, write
+    <out>/text.html and text.png (and with --save-npy text.relevance.npy); an embedding model
+    with --text-pair: the cosine similarity explained both ways (text.explain_similarity)."""
+    from . import text
+    from .explainer import Explainer
+    from .render import write_token_report
+
+    if args.inputs:
+        raise InputError(f"--text explains a text: give no INPUT files (got {' '.join(args.inputs)})")
+    if not args.tokenizer:
+        raise InputError("--text needs --tokenizer DIR (a folder with tokenizer.json, or the file)")
+    if args.layers:
+        raise InputError("--layers is for images and arrays, not --text")
+    tokenizer = text.load_tokenizer(args.tokenizer)
+    explainer = Explainer(args.model, composite=args.composite, providers=args.providers, maxpool=args.maxpool)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    if args.text_pair is not None and text.is_embedding_model(explainer):
+        if args.target is not None:
+            raise InputError("--target does not apply to a similarity: each text is explained with the other's "
+                             "embedding as the target")
+        sim = text.explain_similarity(explainer, tokenizer, args.text, args.text_pair, args.merge_words)
+        results = {"text_a": sim.a, "text_b": sim.b}
+        headings = {"text_a": f"A: {args.text!r} with B's embedding fixed",
+                    "text_b": f"B: {args.text_pair!r} with A's embedding fixed"}
+        title = f"cos(A, B) = {sim.score:.4f}"
+    else:
+        res = text.explain_text(explainer, tokenizer, args.text, args.text_pair, args.target, args.merge_words)
+        results, title = {"text": res}, ""
+        headings = {"text": repr(args.text) + (f" + {args.text_pair!r}" if args.text_pair is not None else "")
+                    + f": {text.describe_target(res, tokenizer)}"}
+    if title:
+        print(title)
+    for stem, res in results.items():
+        print(headings[stem])
+        print(_text_lines(res, color))
+    page, png = write_token_report(args.out, "text", [(headings[k], r.tokens, r.relevance) for k, r in results.items()],
+                                   title)
+    written = [page, png]
+    if args.save_npy:
+        for key, res in results.items():
+            written.append(os.path.join(args.out, f"{key}.relevance.npy"))
+            _save_npy(written[-1], res.relevance)
+    print(f"wrote {', '.join(written)}")
 
 
 def _explain(args):
@@ -294,6 +386,14 @@ def _explain(args):
     from .images import preprocess_from, relevance_map
     from .render import colorize, write_png
 
+    if args.text is not None and (args.target_region or args.target_mask):
+        raise InputError("--target-region and --target-mask are for image and array inputs, not --text")
+    if args.text is not None:
+        return _explain_text(args)
+    if args.text_pair is not None or args.tokenizer or args.merge_words:
+        raise InputError("--text-pair, --tokenizer and --merge-words go with --text")
+    if not args.inputs:
+        raise InputError("explain needs INPUT files (images, .npy), or --text with --tokenizer")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.providers:
@@ -301,15 +401,17 @@ def _explain(args):
         if missing:
             raise InputError(f"execution provider(s) {missing} not available; available: {ort.get_available_providers()}")
     spec = preprocess_from(args.preprocess)
+    target = _explain_target(args)
     explainer = Explainer(args.model, composite=args.composite, providers=args.providers, maxpool=args.maxpool)
     if len(explainer.compiled.inputs) > 1:   # an image and a metadata vector, ...: NAME=FILE each
-        return _explain_several(args, explainer, spec)
+        return _explain_several(args, explainer, spec, target)
     items = _read_inputs(args.inputs, _model_input_shape(explainer), spec)
     os.makedirs(args.out, exist_ok=True)
     total = len(items)
     for start in range(0, total, args.batch_size):
         batch = items[start:start + args.batch_size]
-        res = explainer.explain(np.stack([item[1] for item in batch]), target=args.target, layers=args.layers)
+        res = explainer.explain(np.stack([item[1] for item in batch]), target=_batch_target(target, len(batch)),
+                                layers=args.layers)
         for i, (name, sample, display, layout, size) in enumerate(batch):
             png = os.path.join(args.out, f"{name}.png")
             write_png(png, _figure(sample, res.relevance[i], display, layout, size, args.cmap))
@@ -321,9 +423,7 @@ def _explain(args):
                 write_png(os.path.join(args.out, f"{name}.{_safe(layer)}.png"), _enlarge(colorize(heat, args.cmap)))
                 if args.save_npy:
                     _save_npy(os.path.join(args.out, f"{name}.{_safe(layer)}.npy"), r)
-            scores = res.output[i].reshape(-1)
-            predicted = int(scores.argmax())
-            print(f"{name}: predicted {predicted} (score {scores[predicted]:.4g}), target {int(res.target[i])}, "
+            print(f"{name}: {_headline(res, i, target)}, "
                   f"relevance sum {float(res.relevance[i].sum(dtype=np.float64)):.4g} -> {png}")
         if total > PROGRESS_ABOVE:
             _progress(min(start + args.batch_size, total), total)
@@ -389,9 +489,10 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = top.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the tutorial's figures: digits (default) or vgg16")
-    demo.add_argument("which", nargs="?", choices=("digits", "vgg16"), default="digits",
-                      help="digits: models/digits_mlp.onnx on 12 digits; vgg16: VGG-16 on a photo")
+    demo = sub.add_parser("demo", help="the tutorial's figures: digits (default) or vgg16; text: MiniLM similarity")
+    demo.add_argument("which", nargs="?", choices=("digits", "vgg16", "text"), default="digits",
+                      help="digits: models/digits_mlp.onnx on 12 digits; vgg16: VGG-16 on a photo; "
+                           "text: the pretrained MiniLM's sentence similarity explained")
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     demo.add_argument("--weights", help="vgg16: a torchvision VGG-16 state dict (default: seeded random weights)")
     demo.set_defaults(run=_demo)
@@ -403,9 +504,13 @@ def parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="explain images or .npy arrays; write heatmap PNGs")
     model_options(explain)
-    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays (one sample or a batch); "
+    explain.add_argument("inputs", nargs="*", metavar="INPUT", help="PNG/JPEG images or .npy arrays (one sample or a batch); "
                          "NAME=FILE for each input of a model with several")
     explain.add_argument("--target", type=_target, default=None, help="class index to explain, or 'pred' (default)")
+    explain.add_argument("--target-region", metavar="CLASS:Y0:Y1:X0:X1",
+                         help="an (N, C, H, W) output: class CLASS over output rows Y0..Y1-1, columns X0..X1-1")
+    explain.add_argument("--target-mask", metavar="FILE.npy", help="with --target K: an (H, W) region of class K; "
+                         "alone: a mask shaped like one output (relevance at the output = output * mask)")
     explain.add_argument("--preprocess", default="none",
                          help="images: imagenet, mnist, none (default: [0, 1], the model's size) or a JSON file")
     explain.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="tensors whose relevance to draw too")
@@ -414,6 +519,10 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--providers", nargs="+", metavar="PROVIDER", help="onnxruntime execution providers")
     explain.add_argument("--save-npy", action="store_true", help="also write the relevance as .npy")
     explain.add_argument("--cmap", choices=COLORMAPS, default="tutorial", help="heatmap colours (default: tutorial)")
+    explain.add_argument("--text", help="a text to explain (a token model; needs --tokenizer)")
+    explain.add_argument("--text-pair", help="a second text: a pair for a classifier, a similarity for an embedding model")
+    explain.add_argument("--tokenizer", metavar="DIR", help="a folder with tokenizer.json (Hugging Face tokenizers)")
+    explain.add_argument("--merge-words", action="store_true", help="--text: sum word pieces into words")
     explain.set_defaults(run=_explain)
 
     compile_ = sub.add_parser("compile", help="write the standalone explainer ONNX model")

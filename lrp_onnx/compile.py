@@ -249,9 +249,9 @@ def _relevance_graph(prepared: Prepared, composite, mode: str) -> _RelevanceGrap
     mg, sub = prepared.graph, prepared.subgraph
     gradient = composite.method != "lrp"   # "gradient" / "gradient_x_input": VJPs instead of rules
     table = gradient_ops.GRADIENT_HANDLERS if gradient else ops.HANDLERS
-    blockers = [handler_blocker(key_name(op_key(mg.nodes[n])), n, gradient)
+    blockers = [handler_blocker(mg.nodes[n].op_type, mg.nodes[n].domain, n, gradient)
                 for n in sub.nodes if not ops.has_handler(mg.nodes[n], table)]
-    blockers += checks.model_blockers(mg)
+    blockers += checks.model_blockers(mg, [b.node for b in blockers])
     try:
         rules = composite.assign(layers_of(mg, sub), mode)
     except CompositeError as exc:

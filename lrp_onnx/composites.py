@@ -5,9 +5,10 @@ GlobalAveragePool, ReduceMean/ReduceSum, MaxPool) in the model's order; ``Index`
 from 0. Uncounted families take a rule too, with a default when no predicate (Family, Name)
 picks one: "norm" (an unfoldable BatchNormalization, LayerNormalization, RMSNormalization)
 Epsilon(1e-6), "bilinear" (MatMul/Einsum/Mul of two activations) Uniform(), "softmax" (a
-Softmax inside the graph) AttnSoftmax(). Activations, sums, gates and shape ops take no rule. A composite also says how MaxPool is
-read: "winner" (relevance to the arg-max, as zennit's gradient) or "avg" (as average pooling,
-as the tutorial).
+Softmax inside the graph) AttnSoftmax(), "sum" (Add/Sub/Sum: the stabilizer of the proportional
+split, LRP0 or Epsilon) Epsilon(1e-6). Activations, gates and shape ops take no rule. A
+composite also says how MaxPool is read: "winner" (relevance to the arg-max, as zennit's
+gradient) or "avg" (as average pooling, as the tutorial).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from .errors import CompositeError
+from .ops.arithmetic import SUM_EPSILON
 from .rules import (LRP0, AlphaBeta, AttnSoftmax, CPConstant, Epsilon, Flat, Gamma, Gradient, Rule, Uniform, ZBox, ZPlus,
                     rule_from_dict)
 
@@ -38,8 +40,10 @@ FAMILY_GROUPS = {
 #: Families outside "all" and outside the layer index, with the rule they get when no predicate
 #: matches: an unfoldable BatchNormalization (and a LayerNorm/RMSNorm, statistics held constant)
 #: is read with zennit's Norm-like epsilon rule; products of two activations and Softmax take
-#: AttnLRP's rules (Achtibat et al. 2024), which are what an LRP of them means by default.
-UNCOUNTED_FAMILIES = {"norm": Epsilon(1e-6), "bilinear": Uniform(), "softmax": AttnSoftmax()}
+#: AttnLRP's rules (Achtibat et al. 2024), which are what an LRP of them means by default; sums
+#: split in proportion with zennit's Norm stabilizer (ops/arithmetic.py).
+UNCOUNTED_FAMILIES = {"norm": Epsilon(1e-6), "bilinear": Uniform(), "softmax": AttnSoftmax(),
+                      "sum": Epsilon(SUM_EPSILON)}
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Predicate:
 @dataclass(frozen=True)
 class Family(Predicate):
     """Layers of the given families: conv, dense, avgpool, maxpool, or the groups linear
-    (conv+dense), pool (avgpool+maxpool), all; and the uncounted norm, bilinear, softmax."""
+    (conv+dense), pool (avgpool+maxpool), all; and the uncounted norm, bilinear, softmax, sum."""
 
     families: Tuple[str, ...]
 
@@ -115,6 +119,19 @@ class First(Predicate):
 
 
 @dataclass(frozen=True)
+class AllOf(Predicate):
+    """Layers that every one of ``predicates`` matches (e.g. the dense layers of one module)."""
+
+    predicates: Tuple[Predicate, ...]
+
+    def __init__(self, *predicates: Predicate):
+        object.__setattr__(self, "predicates", tuple(predicates))
+
+    def matches(self, layer, layers):
+        return all(p.matches(layer, layers) for p in self.predicates)
+
+
+@dataclass(frozen=True)
 class Composite:
     """An ordered list of (predicate, rule); the first predicate that matches a layer gives
     its rule. ``maxpool``: "winner" or "avg". ``method``: "lrp" (relevance), or "gradient" /
@@ -163,13 +180,14 @@ class Composite:
 
 
 def _zennit_base(first: Optional[Tuple[Predicate, Rule]], conv: Rule, epsilon: float, stabilizer: float, name: str):
-    """zennit's layer_map_base plus (conv, dense) rules: avg pooling -> Norm (epsilon with the
-    stabilizer), dense -> Epsilon, MaxPool -> its gradient (winner); a MaxPool read as average
-    pooling (maxpool="avg") is treated like average pooling."""
+    """zennit's layer_map_base plus (conv, dense) rules: sums and avg pooling -> Norm (epsilon
+    with the stabilizer), dense -> Epsilon, MaxPool -> its gradient (winner); a MaxPool read as
+    average pooling (maxpool="avg") is treated like average pooling."""
     pairs = ([first] if first else []) + [
         (Family("conv"), conv),
         (Family("dense"), Epsilon(epsilon)),
         (Family("pool"), Epsilon(stabilizer)),
+        (Family("sum"), Epsilon(stabilizer)),
     ]
     return Composite(tuple(pairs), "winner", name)
 
@@ -230,44 +248,71 @@ def tutorial_vgg16(low=IMAGENET_LOW, high=IMAGENET_HIGH) -> Composite:
 
 
 def _transformer(linear: Tuple[Tuple[Predicate, Rule], ...], cp: bool, epsilon: float, uniform_epsilon: float,
-                 name: str) -> Composite:
-    """The linear layers' rules, then pooling and norms Epsilon(epsilon), and inside attention
-    AttnLRP's rules (uniform, softmax) or CP-LRP's (attention probabilities and gates constant)."""
+                 sum_epsilon: float, name: str) -> Composite:
+    """The linear layers' rules, then pooling and norms Epsilon(epsilon), sums the proportional
+    split with Epsilon(sum_epsilon), and inside attention AttnLRP's rules (uniform, softmax) or
+    CP-LRP's (attention probabilities and gates constant)."""
     inner = CPConstant(uniform_epsilon) if cp else None
     return Composite(linear + (
         (Family("pool"), Epsilon(epsilon)),
         (Family("norm"), Epsilon(epsilon)),
+        (Family("sum"), Epsilon(sum_epsilon)),
         (Family("bilinear"), inner or Uniform(uniform_epsilon)),
         (Family("softmax"), inner or AttnSoftmax()),
     ), "winner", name)
 
 
-def attnlrp(epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
+def attnlrp(epsilon=1e-6, uniform_epsilon=1e-8, sum_epsilon=SUM_EPSILON) -> Composite:
     """AttnLRP (Achtibat et al. 2024) with LXT's rules: linear layers (Conv, Gemm, MatMul with
     a constant weight) and pooling Epsilon(1e-6), products of two activations the uniform rule
     (LXT's ``matmul`` epsilon 1e-8), Softmax AttnLRP's rule, LayerNorm with sigma held constant
     under Epsilon(1e-6) (LXT's ``layer_norm``), RMSNorm the same (the identity up to the
-    stabilizer: LXT's ``rms_norm_identity``), activations identity, sums Norm-like."""
-    return _transformer(((Family("linear"), Epsilon(epsilon)),), False, epsilon, uniform_epsilon, "attnlrp")
+    stabilizer: LXT's ``rms_norm_identity``), activations identity, sums Norm-like. LXT's
+    efficient mode has no stabilizer in linear layers, products and sums: ``epsilon``,
+    ``uniform_epsilon`` and ``sum_epsilon`` near 0 (1e-12) give its relevance."""
+    return _transformer(((Family("linear"), Epsilon(epsilon)),), False, epsilon, uniform_epsilon, sum_epsilon,
+                        "attnlrp")
 
 
-def cp_lrp(epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
+def cp_lrp(epsilon=1e-6, uniform_epsilon=1e-8, sum_epsilon=SUM_EPSILON) -> Composite:
     """CP-LRP (Ali et al. 2022; LXT's ``cp_LRP``): as attnlrp, but the attention probabilities
     and SwiGLU's activated gates are constants: no relevance to Q K^T, all of A V's to V, all of
     act(gate) * up's to up."""
-    return _transformer(((Family("linear"), Epsilon(epsilon)),), True, epsilon, uniform_epsilon, "cp_lrp")
+    return _transformer(((Family("linear"), Epsilon(epsilon)),), True, epsilon, uniform_epsilon, sum_epsilon,
+                        "cp_lrp")
 
 
-def vit_gamma(conv_gamma=0.25, linear_gamma=0.05, epsilon=1e-6, uniform_epsilon=1e-8) -> Composite:
-    """LXT's ViT recipe (its examples/vit_torch.py with lxt.efficient.models.vit_torch): zennit's
-    Gamma on Conv (0.25) and on Linear layers (0.05), CP-LRP inside attention, LayerNorm with
-    sigma constant, GELU identity."""
-    linear = ((Family("conv"), Gamma(conv_gamma, epsilon)), (Family("dense"), Gamma(linear_gamma, epsilon)))
-    return _transformer(linear, True, epsilon, uniform_epsilon, "vit_gamma")
+#: The projections of torchvision's nn.MultiheadAttention (its packed in_proj and out_proj) run
+#: as F.linear calls, not as nn.Linear modules, so zennit's module hooks never reach them; in
+#: the TorchScript export they are the dense layers of the scope ``self_attention``.
+MHA_PROJECTIONS = AllOf(Family("dense"), Name(r"/self_attention/"))
+
+
+def _lxt_vit(conv: Rule, dense: Rule, epsilon: float, uniform_epsilon: float, sum_epsilon: float, name: str):
+    """LXT's ViT recipe (its examples/vit_torch.py with lxt.efficient.models.vit_torch.cp_LRP):
+    zennit's rule ``conv`` on Conv2d and ``dense`` on nn.Linear modules; the attention
+    projections, which zennit does not reach (MHA_PROJECTIONS), LXT's gradient: Epsilon(epsilon);
+    CP-LRP inside attention, LayerNorm with sigma constant, GELU identity."""
+    linear = ((MHA_PROJECTIONS, Epsilon(epsilon)), (Family("conv"), conv), (Family("dense"), dense))
+    return _transformer(linear, True, epsilon, uniform_epsilon, sum_epsilon, name)
+
+
+def vit_gamma(conv_gamma=0.25, linear_gamma=0.05, stabilizer=1e-6, epsilon=1e-6, uniform_epsilon=1e-8,
+              sum_epsilon=SUM_EPSILON) -> Composite:
+    """LXT's ViT recipe with zennit's Gamma composite: Gamma(conv_gamma) on Conv, Gamma(linear_gamma)
+    on the Linear layers but the attention projections (``_lxt_vit``); ``stabilizer``: zennit's."""
+    return _lxt_vit(Gamma(conv_gamma, stabilizer), Gamma(linear_gamma, stabilizer), epsilon, uniform_epsilon,
+                    sum_epsilon, "vit_gamma")
+
+
+def vit_epsilon(stabilizer=1e-6, epsilon=1e-6, uniform_epsilon=1e-8, sum_epsilon=SUM_EPSILON) -> Composite:
+    """LXT's ViT recipe with zennit's Epsilon(stabilizer) on Conv and the Linear layers but the
+    attention projections (``_lxt_vit``)."""
+    return _lxt_vit(Epsilon(stabilizer), Epsilon(stabilizer), epsilon, uniform_epsilon, sum_epsilon, "vit_epsilon")
 
 
 #: What the gradient methods cover: every family that takes a rule.
-_GRADIENT_FAMILIES = Family("all", "norm", "bilinear", "softmax")
+_GRADIENT_FAMILIES = Family("all", "norm", "bilinear", "softmax", "sum")
 
 
 def gradient() -> Composite:
@@ -284,12 +329,13 @@ def gradient_x_input() -> Composite:
 PRESETS: Dict[str, Callable[..., Composite]] = {
     f.__name__: f
     for f in (epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, epsilon_alpha2_beta1, tutorial_mlp, tutorial_vgg16,
-              attnlrp, cp_lrp, vit_gamma, gradient, gradient_x_input)
+              attnlrp, cp_lrp, vit_gamma, vit_epsilon, gradient, gradient_x_input)
 }
 
 
 def predicate_from_json(spec) -> Predicate:
-    """"all" | {"family": str|[str]} | {"name": regex} | {"index": [start, stop]} | {"first": spec}."""
+    """"all" | {"family": str|[str]} | {"name": regex} | {"index": [start, stop]} | {"first": spec}
+    | {"all_of": [spec, ...]}."""
     if spec == "all":
         return Family("all")
     if not isinstance(spec, dict) or len(spec) != 1:
@@ -304,7 +350,11 @@ def predicate_from_json(spec) -> Predicate:
         return Index(*bounds) if len(bounds) == 2 else Index(bounds[0], bounds[0] + 1)
     if key == "first":
         return First(predicate_from_json(value))
-    raise CompositeError(f"unknown predicate {key!r}; use family, name, index, first or \"all\"")
+    if key == "all_of":
+        if not isinstance(value, list) or not value:
+            raise CompositeError(f"'all_of' takes a non-empty list of predicates, got {value!r}")
+        return AllOf(*map(predicate_from_json, value))
+    raise CompositeError(f"unknown predicate {key!r}; use family, name, index, first, all_of or \"all\"")
 
 
 def composite_from_json(spec: dict) -> Composite:

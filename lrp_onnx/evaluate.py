@@ -19,6 +19,11 @@ Replacement values: "constant" (``value``), "uniform" noise in [low, high] (defa
 range; seeded, the same noise for both orders), "blur" (the patch of a Gaussian-blurred copy of
 the image, ``sigma`` pixels). Ties in the patch order are broken by a seeded random permutation.
 
+Text (``token_deletion``): the units are tokens (or merged words) instead of patches, removed in
+the same MoRF/LeRF orders (``removal_ranks``) and summarized by the same ``Curves`` (AUC, ABPC):
+each removed token becomes [MASK], [UNK] or another id, or is deleted; special tokens ([CLS],
+[SEP], padding) stay.
+
 Only numpy and onnxruntime are needed (the plot needs matplotlib: ``pip install
 'lrp_onnx[evaluate]'``).
 """
@@ -189,6 +194,17 @@ def orders(scores: np.ndarray, seed: int = 0) -> Dict[str, np.ndarray]:
     return result
 
 
+def removal_ranks(scores: np.ndarray, seed: int = 0) -> Dict[str, np.ndarray]:
+    """{order: (N, P) rank}: the position of each unit (patch, token) in the removal order of
+    ``orders`` (0: removed first); a unit is gone after k removals when its rank < k."""
+    ranks = {}
+    for order, idx in orders(scores, seed).items():
+        rank = np.empty_like(idx)
+        np.put_along_axis(rank, idx, np.broadcast_to(np.arange(idx.shape[1]), idx.shape).copy(), axis=1)
+        ranks[order] = rank
+    return ranks
+
+
 def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur over the last two axes (edge padding)."""
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -232,8 +248,9 @@ class _Scorer:
         if x.ndim != len(want) or any(isinstance(d, int) and d > 0 and d != g for d, g in zip(want[1:], x.shape[1:])):
             raise InputError(f"inputs have shape {x.shape}; the model {self.input.name!r} expects {tuple(want)}")
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output], {self.input.name: batch})[0]
+    def __call__(self, batch) -> np.ndarray:
+        """The output (N, -1) of a batch: one array (the first input) or {input name: array}."""
+        out = self.session.run([self.output], batch if isinstance(batch, dict) else {self.input.name: batch})[0]
         return out.reshape(len(out), -1)
 
 
@@ -292,11 +309,7 @@ def pixel_flipping(model: ModelLike, x: np.ndarray, relevance: np.ndarray, targe
         curves[order][:, 0] = unperturbed[np.arange(n), target]
     fraction = np.zeros(p.steps + 1)
 
-    ranks = {}
-    for order, idx in orders(scores, p.seed).items():
-        rank = np.empty_like(idx)
-        np.put_along_axis(rank, idx, np.arange(n_patches)[None, :].repeat(n, 0), axis=1)
-        ranks[order] = rank   # (N, P): the step index (in patches) at which each patch goes
+    ranks = removal_ranks(scores, p.seed)
 
     pending, slots = [], []
 
@@ -331,6 +344,117 @@ def pixel_flipping(model: ModelLike, x: np.ndarray, relevance: np.ndarray, targe
         if np.any(np.abs(base) < 1e-12):
             raise InputError("normalize=True: some sample's unperturbed score is 0")
         curves = {k: v / base for k, v in curves.items()}
+    return Curves(curves["morf"], curves["lerf"], fraction)
+
+
+# --- token deletion --------------------------------------------------------------------------
+
+TOKEN_REPLACEMENTS = ("mask", "unk", "delete")
+
+
+@dataclass(frozen=True)
+class TokenPerturbation:
+    """How a text is perturbed: ``steps`` steps (the curve has steps + 1 points), each removing
+    ``per_step`` tokens (None: ceil(k n / steps) of a text's n tokens are gone after step k, so
+    that the last step has removed them all); ``replacement``: "mask" (the tokenizer's [MASK]),
+    "unk" ([UNK]), "delete" (the position is cut from every input), or a token id. ``seed``:
+    the tie-breaking."""
+
+    steps: int = 10
+    per_step: Optional[int] = None
+    replacement: Union[str, int] = "mask"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "per_step"):
+            value = getattr(self, name)
+            if (value is not None or name == "steps") and (
+                    isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise InputError(f"{name} must be a positive int, got {value!r}")
+        r = self.replacement
+        if not (r in TOKEN_REPLACEMENTS or (isinstance(r, (int, np.integer)) and not isinstance(r, bool) and r >= 0)):
+            raise InputError(f"unknown token replacement {r!r}; use one of {', '.join(TOKEN_REPLACEMENTS)} or a token id")
+
+
+def _perturbed_text(feeds: Mapping[str, np.ndarray], positions: np.ndarray, replacement: Optional[int]):
+    """``feeds`` with the token ``positions`` replaced by the id ``replacement`` (in input_ids;
+    the other inputs unchanged), or cut from every input (``replacement`` None)."""
+    if replacement is None:
+        keep = np.ones(len(feeds["input_ids"]), bool)
+        keep[positions] = False
+        return {k: v[keep] for k, v in feeds.items()}
+    ids = feeds["input_ids"].copy()
+    ids[positions] = replacement
+    return {**feeds, "input_ids": ids}
+
+
+def token_deletion(model: ModelLike, explanations: Sequence, perturbation: TokenPerturbation = TokenPerturbation(),
+                   tokenizer=None, batch_size: int = 256, providers=None) -> Curves:
+    """MoRF and LeRF curves of text explanations (``text.TextExplanation``: each with its
+    ``feeds``, ``relevance`` per entry, ``special``, ``pieces`` and target ``mask``): the units
+    are the entries that are not special tokens ([CLS], [SEP], padding are never removed); a
+    merged word goes as a whole (all its pieces). The score of a perturbed text is
+    sum(output * mask), the explained score (a class logit; for a similarity, e_A' · e_B with
+    e_B fixed); for a sequence output the mask's last position scores the last position.
+    ``tokenizer`` gives the ids of "mask" and "unk". The ORIGINAL model scores every copy."""
+    from .text import special_token_id
+
+    p = perturbation
+    if not explanations:
+        raise InputError("no explanations to evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    if p.replacement in ("mask", "unk") and tokenizer is None:
+        raise InputError(f"replacement {p.replacement!r} needs the tokenizer (its id of the token)")
+    replacement = (None if p.replacement == "delete" else special_token_id(tokenizer, p.replacement)
+                   if p.replacement in ("mask", "unk") else int(p.replacement))
+    scorer = _Scorer(model, providers)
+    weights = []
+    for e in explanations:
+        mask = np.asarray(e.mask, np.float64)
+        if mask.ndim == 2:   # a sequence output (T, V): what a perturbed text of any length keeps
+            if np.any(mask[:-1]):
+                raise InputError("token deletion on a sequence output scores the last position: the target mask "
+                                 "must be 0 at every other position")
+            mask = mask[-1]
+        weights.append(mask.reshape(-1))
+    n = len(explanations)
+    curves = {order: np.empty((n, p.steps + 1), np.float64) for order in ORDERS}
+    fraction = np.zeros(p.steps + 1)
+    jobs = []   # (order, step, sample, feeds)
+    for i, e in enumerate(explanations):
+        units = np.flatnonzero(~np.asarray(e.special, bool))
+        if len(units) == 0:
+            raise InputError(f"text {i} has no token that is not special: nothing to remove")
+        ranks = removal_ranks(np.asarray(e.relevance, np.float64)[units][None], p.seed)
+        for step in range(p.steps + 1):
+            gone = min(step * p.per_step, len(units)) if p.per_step else math.ceil(step * len(units) / p.steps)
+            fraction[step] += gone / len(units) / n
+            for order in ORDERS:
+                removed = units[ranks[order][0] < gone]
+                positions = np.array([q for u in removed for q in e.pieces[u]], np.int64)
+                if step == 0 and order == "lerf":   # the unperturbed text, scored once
+                    continue
+                jobs.append((order, step, i, _perturbed_text(e.feeds, positions, replacement)))
+    distinct: Dict[bytes, Dict[str, np.ndarray]] = {}   # each distinct perturbed text is run once
+    keys = []
+    for _, _, _, feeds in jobs:
+        key = b"|".join(k.encode() + v.tobytes() for k, v in sorted(feeds.items()))
+        distinct.setdefault(key, feeds)
+        keys.append(key)
+    by_length: Dict[int, list] = {}
+    for key, feeds in distinct.items():
+        by_length.setdefault(len(feeds["input_ids"]), []).append(key)
+    outputs = {}
+    for group in by_length.values():
+        for start in range(0, len(group), batch_size):
+            part = group[start:start + batch_size]
+            out = scorer({k: np.stack([distinct[key][k] for key in part]) for k in distinct[part[0]]})
+            outputs.update(zip(part, out))
+    for (order, step, i, _), key in zip(jobs, keys):
+        w = weights[i]
+        curves[order][i, step] = float(outputs[key].reshape(-1, len(w))[-1] @ w)
+    curves["lerf"][:, 0] = curves["morf"][:, 0]
     return Curves(curves["morf"], curves["lerf"], fraction)
 
 
@@ -394,7 +518,8 @@ def table_csv(results: Mapping[str, Curves]) -> str:
     return buf.getvalue()
 
 
-def plot_curves(results: Mapping[str, Curves], path, title: str = "", ylabel: str = "score of the explained class") -> None:
+def plot_curves(results: Mapping[str, Curves], path, title: str = "", ylabel: str = "score of the explained class",
+                xlabel: str = "pixels replaced (%)") -> None:
     """MoRF (solid) and LeRF (dashed) mean curves of every method, one colour per method, in a
     PNG at ``path`` (needs matplotlib)."""
     try:
@@ -410,7 +535,7 @@ def plot_curves(results: Mapping[str, Curves], path, title: str = "", ylabel: st
         colour = f"C{i % 10}"
         ax.plot(c.fraction * 100, c.morf.mean(0), "-", color=colour, label=f"{name}: ABPC {c.abpc:.2f}")
         ax.plot(c.fraction * 100, c.lerf.mean(0), "--", color=colour)
-    ax.set_xlabel("pixels replaced (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or "pixel flipping", fontsize=10)
     ax.grid(alpha=0.3)
@@ -421,8 +546,9 @@ def plot_curves(results: Mapping[str, Curves], path, title: str = "", ylabel: st
     plt.close(fig)
 
 
-def write_report(results: Mapping[str, Curves], out_dir, title: str = "") -> Dict[str, str]:
-    """curves.png, quality.md and quality.csv in ``out_dir``; returns {kind: path}."""
+def write_report(results: Mapping[str, Curves], out_dir, title: str = "", **plot) -> Dict[str, str]:
+    """curves.png, quality.md and quality.csv in ``out_dir``; returns {kind: path}. ``plot``:
+    ``plot_curves``'s ylabel and xlabel."""
     from .files import write_atomically
 
     os.makedirs(out_dir, exist_ok=True)
@@ -436,5 +562,5 @@ def write_report(results: Mapping[str, Curves], out_dir, title: str = "") -> Dic
 
     for kind, text in (("markdown", table_markdown(results)), ("csv", table_csv(results))):
         write_atomically(paths[kind], writer(text))
-    plot_curves(results, paths["plot"], title)
+    plot_curves(results, paths["plot"], title, **plot)
     return paths

@@ -19,6 +19,7 @@ from .deployed import TWIN_OUTPUT
 from .errors import InputError
 from .inputs import read_feeds
 from .load import PROTOBUF_LIMIT, ModelLike, serialized_size
+from .targets import RegionTarget
 
 
 def create_session(model: onnx.ModelProto, providers: Optional[Sequence] = None) -> ort.InferenceSession:
@@ -158,6 +159,8 @@ class Explainer:
         """The ``lrp_target_mask`` for ``target`` (see ``explain``) on an output of ``shape``,
         and the target class per sample when one was given."""
         n, sequence = shape[0], len(shape) == SEQUENCE_RANK
+        if isinstance(target, RegionTarget):   # class k over a region of an (N, C, H, W) output (targets.py)
+            return target.mask(shape), np.full(n, target.class_index, np.int64)
         if target is None:   # NaN: the explainer picks the class; a size only the run tells is broadcast from 1
             return np.full([1 if d is None else d for d in shape], np.nan, np.float32), None
         target = np.asarray(target)
@@ -186,8 +189,9 @@ class Explainer:
         """Explain a batch ``x``: one array (a one-input model) or a dict {input name: array}
         (every input of the model; token ids as integers). target: None (the predicted class;
         for a sequence output (N, T, V), the arg-max at the last position), an int, one int
-        per sample (the class, at the last position for a sequence output), or a mask shaped
-        like the output (relevance at the output = output * mask).
+        per sample (the class, at the last position for a sequence output), a mask shaped
+        like the output (relevance at the output = output * mask), or a ``RegionTarget``
+        (class k over a region of an (N, C, H, W) output, targets.py).
         layers: tensor names (see ``layer_names``) whose relevance to return too.
         batch_size: run at most this many samples at once (bounds onnxruntime's memory; each
         sample's explanation does not depend on the others)."""

@@ -42,6 +42,12 @@ def load_model(model: ModelLike) -> onnx.ModelProto:
 
     if not proto.graph.node:
         raise ModelError("the model's graph has no nodes (is the file an ONNX model?)")
+    if any(n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        # onnx's checker calls GroupNormalization-18 deprecated and its shape inference infers
+        # nothing for version 21: rewrite it first (canonicalize/group_norm.py)
+        from .canonicalize import constants_to_initializers, normalize_groups
+        constants_to_initializers(proto)
+        normalize_groups(proto)
     try:
         onnx.checker.check_model(skeleton(proto))
     except Exception as exc:

@@ -4,12 +4,14 @@
 colour maps ("bwr", "coldnhot"); ``channel_sum`` makes a 2-D map of a channelled relevance;
 ``grid`` tiles images side by side; ``overlay`` lays a heatmap over its input; ``write_png``
 writes the result. ``read_image`` (PNG/JPEG) needs Pillow, the optional ``images`` extra.
+Tokens: ``tokens_terminal`` (24-bit ANSI colours or plain), ``tokens_html`` and ``tokens_image``
+(a sentence with its token heatmap, drawn with a built-in 5 x 9 bitmap font, so no Pillow).
 """
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -151,3 +153,236 @@ def read_image(path, mode: str = "RGB"):
         raise InputError(f"input file not found: {path}") from None
     except (OSError, ValueError) as exc:   # Pillow's UnidentifiedImageError is an OSError
         raise InputError(f"{path} is not a readable image ({exc})") from None
+
+
+# --- tokens: terminal, HTML, PNG -------------------------------------------------------------
+
+#: A 5 x 9 bitmap font of printable ASCII (drawn for this module): rows top to bottom, "#" ink;
+#: capitals and digits on rows 0-6, descenders on rows 7-8. Other characters draw as a box.
+_FONT_ROWS = """\
+! ..#.. ..#.. ..#.. ..#.. ..#.. ..... ..#..
+" .#.#. .#.#. ..... ..... ..... ..... .....
+# .#.#. .#.#. ##### .#.#. ##### .#.#. .#.#.
+$ ..#.. .#### #.#.. .###. ..#.# ####. ..#..
+% ##..# ##..# ...#. ..#.. .#... #..## #..##
+& .##.. #..#. #.#.. .#... #.#.# #..#. .##.#
+' ..#.. ..#.. ..... ..... ..... ..... .....
+( ...#. ..#.. .#... .#... .#... ..#.. ...#.
+) .#... ..#.. ...#. ...#. ...#. ..#.. .#...
+* ..... ..#.. #.#.# .###. #.#.# ..#.. .....
++ ..... ..#.. ..#.. ##### ..#.. ..#.. .....
+, ..... ..... ..... ..... ..... .##.. ..#.. .#...
+- ..... ..... ..... ##### ..... ..... .....
+. ..... ..... ..... ..... ..... .##.. .##..
+/ ....# ....# ...#. ..#.. .#... #.... #....
+0 .###. #...# #..## #.#.# ##..# #...# .###.
+1 ..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.
+2 .###. #...# ....# ...#. ..#.. .#... #####
+3 ####. ....# ....# .###. ....# ....# ####.
+4 ...#. ..##. .#.#. #..#. ##### ...#. ...#.
+5 ##### #.... ####. ....# ....# #...# .###.
+6 ..##. .#... #.... ####. #...# #...# .###.
+7 ##### ....# ...#. ..#.. .#... .#... .#...
+8 .###. #...# #...# .###. #...# #...# .###.
+9 .###. #...# #...# .#### ....# ...#. .##..
+: ..... .##.. .##.. ..... .##.. .##.. .....
+; ..... .##.. .##.. ..... .##.. .##.. ..#.. .#...
+< ...#. ..#.. .#... #.... .#... ..#.. ...#.
+= ..... ..... ##### ..... ##### ..... .....
+> .#... ..#.. ...#. ....# ...#. ..#.. .#...
+? .###. #...# ....# ...#. ..#.. ..... ..#..
+@ .###. #...# #.### #.#.# #.### #.... .####
+A .###. #...# #...# ##### #...# #...# #...#
+B ####. #...# #...# ####. #...# #...# ####.
+C .###. #...# #.... #.... #.... #...# .###.
+D ####. #...# #...# #...# #...# #...# ####.
+E ##### #.... #.... ####. #.... #.... #####
+F ##### #.... #.... ####. #.... #.... #....
+G .###. #...# #.... #.### #...# #...# .####
+H #...# #...# #...# ##### #...# #...# #...#
+I .###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.
+J ..### ...#. ...#. ...#. ...#. #..#. .##..
+K #...# #..#. #.#.. ##... #.#.. #..#. #...#
+L #.... #.... #.... #.... #.... #.... #####
+M #...# ##.## #.#.# #.#.# #...# #...# #...#
+N #...# #...# ##..# #.#.# #..## #...# #...#
+O .###. #...# #...# #...# #...# #...# .###.
+P ####. #...# #...# ####. #.... #.... #....
+Q .###. #...# #...# #...# #.#.# #..#. .##.#
+R ####. #...# #...# ####. #.#.. #..#. #...#
+S .#### #.... #.... .###. ....# ....# ####.
+T ##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..
+U #...# #...# #...# #...# #...# #...# .###.
+V #...# #...# #...# #...# #...# .#.#. ..#..
+W #...# #...# #...# #.#.# #.#.# #.#.# .#.#.
+X #...# #...# .#.#. ..#.. .#.#. #...# #...#
+Y #...# #...# .#.#. ..#.. ..#.. ..#.. ..#..
+Z ##### ....# ...#. ..#.. .#... #.... #####
+[ .###. .#... .#... .#... .#... .#... .###.
+\\ #.... #.... .#... ..#.. ...#. ....# ....#
+] .###. ...#. ...#. ...#. ...#. ...#. .###.
+^ ..#.. .#.#. #...# ..... ..... ..... .....
+_ ..... ..... ..... ..... ..... ..... #####
+` .#... ..#.. ..... ..... ..... ..... .....
+a ..... ..... .###. ....# .#### #...# .####
+b #.... #.... ####. #...# #...# #...# ####.
+c ..... ..... .###. #.... #.... #...# .###.
+d ....# ....# .#### #...# #...# #...# .####
+e ..... ..... .###. #...# ##### #.... .###.
+f ..##. .#..# .#... ###.. .#... .#... .#...
+g ..... ..... .#### #...# #...# #...# .#### ....# .###.
+h #.... #.... #.##. ##..# #...# #...# #...#
+i ..#.. ..... .##.. ..#.. ..#.. ..#.. .###.
+j ...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..
+k #.... #.... #..#. #.#.. ##... #.#.. #..#.
+l .##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.
+m ..... ..... ##.#. #.#.# #.#.# #.#.# #.#.#
+n ..... ..... #.##. ##..# #...# #...# #...#
+o ..... ..... .###. #...# #...# #...# .###.
+p ..... ..... ####. #...# #...# #...# ####. #.... #....
+q ..... ..... .#### #...# #...# #...# .#### ....# ....#
+r ..... ..... #.##. ##..# #.... #.... #....
+s ..... ..... .###. #.... .###. ....# ####.
+t .#... .#... ###.. .#... .#... .#..# ..##.
+u ..... ..... #...# #...# #...# #..## .##.#
+v ..... ..... #...# #...# #...# .#.#. ..#..
+w ..... ..... #...# #...# #.#.# #.#.# .#.#.
+x ..... ..... #...# .#.#. ..#.. .#.#. #...#
+y ..... ..... #...# #...# #...# #...# .#### ....# .###.
+z ..... ..... ##### ...#. ..#.. .#... #####
+{ ...#. ..#.. ..#.. .#... ..#.. ..#.. ...#.
+| ..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..
+} .#... ..#.. ..#.. ...#. ..#.. ..#.. .#...
+~ ..... ..... .#... #.#.# ...#. ..... .....
+"""
+GLYPH_W, GLYPH_H = 5, 9
+
+
+def _glyphs():
+    glyphs = {" ": np.zeros((GLYPH_H, GLYPH_W), bool)}
+    for line in _FONT_ROWS.splitlines():
+        char, *rows = line.split(" ")
+        char = char[-1]   # "\\" is written escaped
+        bitmap = np.zeros((GLYPH_H, GLYPH_W), bool)
+        bitmap[:len(rows)] = [[c == "#" for c in row] for row in rows]
+        glyphs[char] = bitmap
+    box = np.zeros((GLYPH_H, GLYPH_W), bool)
+    box[0:7, [0, -1]] = box[[0, 6], :] = True
+    return glyphs, box
+
+
+_GLYPHS, _BOX = _glyphs()
+
+
+def text_mask(text: str) -> np.ndarray:
+    """The ink (bool, 9 x 6 per character, one column of spacing) of ``text`` in the bitmap font."""
+    if not text:
+        return np.zeros((GLYPH_H, 0), bool)
+    cells = [np.pad(_GLYPHS.get(c, _BOX), ((0, 0), (0, 1))) for c in text]
+    return np.concatenate(cells, axis=1)
+
+
+def token_colors(relevance) -> np.ndarray:
+    """(T, 3) RGB floats of per-token relevance in zennit's bwr, symmetric at max |R|: red for,
+    blue against, white 0."""
+    return colorize(np.asarray(relevance, np.float64).reshape(1, -1), "bwr")[0]
+
+
+def _ink(rgb) -> np.ndarray:
+    """Black text on light backgrounds, white on dark ones."""
+    return np.zeros(3) if rgb @ [0.299, 0.587, 0.114] > 0.5 else np.ones(3)
+
+
+def tokens_terminal(tokens: Sequence[str], relevance, color: bool = True) -> str:
+    """One line per token, ``token  relevance``; with ``color`` the token on its bwr colour
+    (24-bit ANSI background), else plain text."""
+    relevance = np.asarray(relevance, np.float64)
+    width = max((len(t) for t in tokens), default=0)
+    lines = []
+    for token, r, rgb in zip(tokens, relevance, token_colors(relevance)):
+        cell = token.ljust(width)
+        if color:
+            bg = ";".join(str(int(round(255 * v))) for v in rgb)
+            fg = "30" if _ink(rgb).sum() == 0 else "97"
+            cell = f"\x1b[48;2;{bg}m\x1b[{fg}m{cell}\x1b[0m"
+        lines.append(f"  {cell}  {r:+.4g}")
+    return "\n".join(lines)
+
+
+def tokens_html(blocks: Sequence[Tuple[str, Sequence[str], np.ndarray]], title: str = "") -> str:
+    """A standalone HTML page: per block (heading, tokens, relevance) the tokens on their bwr
+    colours (max |R| of the block at full colour), each with its relevance as a tooltip."""
+    import html
+
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+             ".t{padding:.15em .25em;margin:.1em;border-radius:.2em;display:inline-block;font-family:monospace}</style>"
+             "</head><body>", f"<h1>{html.escape(title)}</h1>" if title else ""]
+    for heading, tokens, relevance in blocks:
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>")
+        for token, r, rgb in zip(tokens, np.asarray(relevance, np.float64), token_colors(relevance)):
+            bg = "#" + "".join(f"{int(round(255 * v)):02x}" for v in rgb)
+            fg = "#000" if _ink(rgb).sum() == 0 else "#fff"
+            parts.append(f"<span class='t' style='background:{bg};color:{fg}' title='{r:+.6g}'>{html.escape(token)}</span>")
+        parts.append("</p>")
+    parts.append("<p>red: relevance for the explained score, blue: against (each block scaled to its max |R|)</p>"
+                 "</body></html>\n")
+    return "\n".join(parts)
+
+
+def tokens_image(rows: Sequence, title: str = "", width: int = 100, scale: int = 2) -> np.ndarray:
+    """RGB floats of token heatmaps. ``rows``: a str is a line of black text; (label, tokens,
+    relevance) the label, then the tokens on their bwr colours (max |R| of the row at full
+    colour), wrapped at ``width`` characters under the labels' column; None a half-line gap.
+    ``title`` is the first line; each pixel of the bitmap font is repeated ``scale`` times."""
+    cell_w, line_h, gap = GLYPH_W + 1, GLYPH_H + 4, GLYPH_W + 1
+    indent = max((len(r[0]) + 1 for r in rows if isinstance(r, tuple) and r[0]), default=0)
+    lines: List[np.ndarray] = []   # RGB strips of height line_h (gaps: line_h // 2)
+
+    def draw(pieces):   # [(x, (ink mask, background, ink colour))]
+        canvas = np.ones((line_h, width * cell_w + 2 * gap, 3))
+        for x, (mask, background, ink) in pieces:
+            canvas[1:line_h - 1, x:x + mask.shape[1] + 4] = background
+            canvas[3:3 + GLYPH_H, x + 2:x + 2 + mask.shape[1]][mask] = ink
+        return canvas
+
+    def plain(text):
+        return text_mask(text[:width]), np.ones(3), np.zeros(3)
+
+    for row in ([title] if title else []) + list(rows):
+        if row is None:
+            lines.append(np.ones((line_h // 2, width * cell_w + 2 * gap, 3)))
+        elif isinstance(row, str):
+            lines.append(draw([(gap, plain(row))]))
+        else:
+            label, tokens, relevance = row
+            start = gap + indent * cell_w
+            pieces, x, used = [(gap, plain(label))] if label else [], start, indent
+            for token, rgb in zip(tokens, token_colors(relevance)):
+                token = token[:width - indent - 1]
+                if used > indent and used + len(token) + 1 > width:   # wrap under the first token
+                    lines.append(draw(pieces))
+                    pieces, x, used = [], start, indent
+                pieces.append((x, (text_mask(token), rgb, _ink(rgb))))
+                x += (len(token) + 1) * cell_w
+                used += len(token) + 1
+            lines.append(draw(pieces))
+    return upscale(np.concatenate(lines), scale)
+
+
+def write_token_report(out_dir, stem: str, blocks: Sequence[Tuple[str, Sequence[str], np.ndarray]],
+                       title: str = "") -> Tuple[str, str]:
+    """``<stem>.html`` (``tokens_html``) and ``<stem>.png`` (``tokens_image``) in ``out_dir``."""
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    page, png = os.path.join(out_dir, f"{stem}.html"), os.path.join(out_dir, f"{stem}.png")
+
+    def write_page(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(tokens_html(blocks, title))
+
+    write_atomically(page, write_page)
+    write_png(png, tokens_image([line for heading, tokens, relevance in blocks
+                                 for line in (heading, ("", tokens, relevance), None)], title))
+    return page, png

@@ -255,7 +255,9 @@ def test_all_passes_together_keep_the_logits():
     # the deployed-format passes read int8, float16 and onnxruntime-fused models (tests/test_canonicalize_quantized.py)
     deployed = {"float16_to_float32", "unfuse_ort_contrib", "expand_qoperators", "fold_dequantize_constants", "qdq_to_clip"}
     # the exporter spellings: tf2onnx/jax2onnx forms (tests/test_canonicalize_{affine,transpose,activations}.py)
-    spellings = {"cancel_transposes", "fuse_hardswish", "fuse_softmax", "fold_affine"}
+    spellings = {"cancel_transposes", "fuse_hardswish", "fuse_softmax", "fold_affine",
+                 "normalize_groups",   # InstanceNorm/GroupNorm (tests/test_canonicalize_group_norm.py)
+                 "global_pool_to_reduce_mean"}   # tf2onnx's LayerNorm mean (tests/test_canonicalize_global_pool.py)
     assert set(changed) == {p.__name__ for p in PASSES} - transformer - deployed - spellings
     assert ops(proto) == ["Gemm", "Reshape", "Gemm"]
     np.testing.assert_allclose(run(proto, x)[0], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -15,6 +15,7 @@ from onnx import helper
 
 import lrp_onnx
 from lrp_onnx.canonicalize import fuse_layernorm
+from lrp_onnx.canonicalize._match import trailing_constant
 
 from test_canonicalize import check_pass, ops, run
 from test_canonicalize_layernorm import B, W, build
@@ -23,8 +24,9 @@ RNG = np.random.default_rng(5)
 MEAN = helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1], keepdims=1)
 
 
-def keras(bias=True, scale=True):
-    """tf2onnx's Keras LayerNormalization: x * r + (-m * r + b), r = gamma / sqrt(var + eps)."""
+def keras(bias=True, scale=True, param_shape=(1, 5)):
+    """tf2onnx's Keras LayerNormalization: x * r + (-m * r + b), r = gamma / sqrt(var + eps);
+    gamma and beta (1, 5), or (1, 1, 5) as Keras writes them for a sequence."""
     nodes = [MEAN, helper.make_node("Neg", ["m"], ["neg"]), helper.make_node("Sub", ["x", "m"], ["d"]),
              helper.make_node("Mul", ["d", "d"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1], keepdims=1),
              helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
@@ -39,7 +41,8 @@ def keras(bias=True, scale=True):
         nodes.append(helper.make_node("Add", ["mr", "b"], ["shift"]))
         shift = "shift"
     nodes += [helper.make_node("Add", ["xr", shift], ["y0"]), helper.make_node("Relu", ["y0"], ["y"])]
-    return build(nodes, {"eps": np.array(1e-3, np.float32), "w": W[-1].reshape(1, 5), "b": B[-1].reshape(1, 5)})
+    return build(nodes, {"eps": np.array(1e-3, np.float32), "w": W[-1].reshape(param_shape),
+                         "b": B[-1].reshape(param_shape)})
 
 
 def jax():
@@ -57,11 +60,21 @@ def x():
     return (RNG.normal(size=(3, 2, 5)) + 0.5).astype(np.float32)
 
 
-@pytest.mark.parametrize("proto", [keras(), keras(bias=False), keras(scale=False), jax()],
-                         ids=["keras", "keras_no_beta", "keras_no_gamma", "jax"])
+@pytest.mark.parametrize("proto", [keras(), keras(bias=False), keras(scale=False), keras(param_shape=(1, 1, 5)), jax()],
+                         ids=["keras", "keras_no_beta", "keras_no_gamma", "keras_sequence", "jax"])
 def test_exporter_spellings_fuse(proto):
     fused = check_pass(fuse_layernorm, proto, x())
     assert ops(fused) == ["LayerNormalization", "Relu"]
+
+
+def test_a_scale_of_higher_rank_than_x_is_not_a_trailing_constant():
+    """gamma (1, 1, 1, 5) on x (N, 2, 5) would broadcast the output to rank 4: not a LayerNorm
+    of x; (1, 1, 5) is (5,), and so is (1, 5) when x's rank is unknown."""
+    w = W[-1]
+    np.testing.assert_array_equal(trailing_constant(w.reshape(1, 1, 5), (5,), rank=3), w)
+    np.testing.assert_array_equal(trailing_constant(w.reshape(1, 5), (5,)), w)
+    assert trailing_constant(w.reshape(1, 1, 1, 5), (5,), rank=3) is None
+    assert trailing_constant(w.reshape(1, 1, 5), (5,)) is None
 
 
 def test_a_keras_form_whose_shift_is_used_elsewhere_is_not_fused():

@@ -3,17 +3,18 @@ Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul/Mul(w), or Div forms) becomes one RMSNorm
 ONNX's at opset 23, below it the ``ai.lrp_onnx`` node with its model-local function. The
 outputs in onnxruntime are unchanged (the canonical model and the explainer run in plain
 onnxruntime, which inlines the function), and the explainer gives the same relevance as for the
-opset-23 node. Tolerance as tests/test_canonicalize_layernorm.py.
+opset-23 node; Keras' RMSNormalization as tf2onnx writes it (hand-built in that spelling) is
+fused too. Tolerance as tests/test_canonicalize_layernorm.py.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import lrp_onnx
-from lrp_onnx.canonicalize import drop_noop_casts, fuse_rmsnorm
+from lrp_onnx.canonicalize import drop_noop_casts, fuse_rmsnorm, global_pool_to_reduce_mean
 from lrp_onnx.canonicalize.private import DOMAIN as PRIVATE_DOMAIN
 
 from test_canonicalize import check_pass, ops
@@ -83,3 +84,35 @@ def test_relevance_and_the_explainer_in_plain_onnxruntime():
     feeds = {i.name: (x if i.name == "x" else np.full((3, 2, 5), np.nan, np.float32)) for i in session.get_inputs()}
     outputs = session.run(None, feeds)
     assert all(np.all(np.isfinite(o)) for o in outputs)
+
+
+# --------------------------------------------------------------------------- Keras (tf2onnx)
+# keras.layers.RMSNormalization is x * rsqrt(mean(x^2) + eps) * w; tf2onnx 1.17 writes it as
+# Mul(x, x) -> ReduceMean (GlobalAveragePool for the last axis of a rank-3 tensor, which
+# canonicalize/global_pool.py turns back) -> Add(eps) -> Sqrt -> Reciprocal -> Mul(., w) ->
+# Mul(x, .) (seen in exports of keras 3.15 models: the scale multiplies the reciprocal).
+
+
+def keras_rmsnorm(mean="GlobalAveragePool", x_first=True):
+    init = {"eps": np.array(1e-6, np.float32), "w": G}
+    mean_node = (helper.make_node("GlobalAveragePool", ["sq"], ["v"]) if mean == "GlobalAveragePool"
+                 else helper.make_node("ReduceMean", ["sq"], ["v"], axes=[2], keepdims=1))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), mean_node, helper.make_node("Add", ["v", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["s"]), helper.make_node("Reciprocal", ["s"], ["r"]),
+             helper.make_node("Mul", ["r", "w"], ["rw"]),
+             helper.make_node("Mul", ["x", "rw"] if x_first else ["rw", "x"], ["n"]), helper.make_node("Relu", ["n"], ["y"])]
+    for i, node in enumerate(nodes):
+        node.name = f"k{i}"
+    return build(nodes, init, 17)
+
+
+@pytest.mark.parametrize("mean, x_first", [("GlobalAveragePool", True), ("ReduceMean", False)])
+def test_fuse_the_keras_spelling(mean, x_first):
+    x = RNG.normal(size=(3, 2, 5)).astype(np.float32)
+    proto = keras_rmsnorm(mean, x_first)
+    if mean == "GlobalAveragePool":
+        proto = check_pass(global_pool_to_reduce_mean, proto, x)
+    fused = check_pass(fuse_rmsnorm, proto, x)
+    assert ops(fused) == ["RMSNormalization", "Relu"]
+    scale = next(t for t in fused.graph.initializer if t.name == fused.graph.node[0].input[1])
+    np.testing.assert_array_equal(numpy_helper.to_array(scale), G)

@@ -35,7 +35,10 @@ def float64_model():
 
 
 def dynamic_model():
-    model = dense("x")
+    """x (N, D) -> ReduceMean over D -> Gemm: the reduction's handler builds constants of D."""
+    mean = helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1, name="mean")
+    nodes = [mean, helper.make_node("Gemm", ["m", "w"], ["y"], transB=1, name="fc")]
+    model = make_model(nodes, (4,), (3,), {"w": RNG.normal(size=(3, 1))})
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "D"
     return model
 
@@ -44,8 +47,8 @@ def dynamic_model():
 #: (its weight is the input itself): a handler's own refusal, found by the same walk.
 CASES = {
     "float64": (float64_model, "epsilon_gamma_box", ModelError, r"element type DOUBLE; lrp_onnx explains float32 models"),
-    # a dynamic size only stops a handler that builds constants of it: Flat's ones on the first layer
-    "dynamic": (dynamic_model, "epsilon_plus_flat", ModelError, r"'x' needs static dimensions .*make_dynamic_shape_fixed"),
+    # a dynamic size only stops a handler that builds constants of it: a ReduceMean's
+    "dynamic": (dynamic_model, "epsilon_plus", ModelError, r"'x' needs static dimensions .*make_dynamic_shape_fixed"),
     "two activations": (lambda: make_model([helper.make_node("Gemm", ["x", "x"], ["y"], transB=1, name="square")], (4,), (4,), {}),
                         "epsilon_gamma_box", ModelError, r"node 'square' \(Gemm\) multiplies two activations"),
     "no gradient": (lambda: dense("m", [helper.make_node("Mish", ["x"], ["m"], name="mish")], opset=18), "gradient",
@@ -117,3 +120,18 @@ def test_mixed_problems_raise_their_common_error_class():
     with pytest.raises(LRPError) as err:
         Explainer(model)
     assert type(err.value) is ModelError and "(3 problems)" in str(err.value)
+
+
+def test_an_unfolded_onnxruntime_fusion_is_reported_once_with_its_hint():
+    """A com.microsoft op on the relevance path is one blocker (per node, with the hint for
+    onnxruntime fusions); the model-wide check names only such ops off that path."""
+    on_path = helper.make_node("QuickGelu", ["x"], ["g"], name="quick", domain="com.microsoft")
+    model = dense("g", [on_path])
+    lines = [b.line() for b in blockers(model)]
+    assert len(lines) == 1 and "node 'quick' (com.microsoft:QuickGelu)" in lines[0]
+    assert "ORT_ENABLE_BASIC" in lines[0]
+    off_path = helper.make_node("QuickGelu", ["x"], ["unused"], name="side", domain="com.microsoft")
+    model = dense("x", [off_path])
+    model.graph.output.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, ["N", 4]))
+    lines = [b.line() for b in blockers(model)]
+    assert len(lines) == 1 and lines[0].startswith("onnxruntime fusions that lrp_onnx does not undo remain (QuickGelu)")

@@ -180,3 +180,221 @@ def test_errors_exit_2_with_one_line_and_write_nothing(model_path, tmp_path, cas
 def test_debug_shows_the_traceback(model_path, tmp_path):
     result = lrp_onnx_cli("--debug", "inspect", tmp_path / "missing.onnx")
     assert result.returncode != 0 and "Traceback" in result.stderr and "ModelError" in result.stderr
+
+
+# --- text: --text, --text-pair, --tokenizer, --merge-words (lrp_onnx/text.py) ----------------
+
+@pytest.fixture(scope="module")
+def text_setup(tmp_path_factory):
+    """A tiny token classifier and embedding model (test_text.pooled_model; the embedding one
+    marked task=embedding in its metadata, as exporters.huggingface writes) and a tokenizer."""
+    from test_text import make_tokenizer, pooled_model
+
+    folder = tmp_path_factory.mktemp("text")
+    classifier = pooled_model(out_dim=3)
+    embedder = pooled_model(out_dim=5, seed=1)
+    onnx.helper.set_model_props(embedder, {"task": "embedding"})
+    onnx.save(classifier, folder / "classifier.onnx")
+    onnx.save(embedder, folder / "embedder.onnx")
+    return folder, make_tokenizer(folder / "tokenizer")
+
+
+def _printed_tokens(lines):
+    """[(token, relevance)] from the CLI's indented "token  value" lines."""
+    return [(parts[0], float(parts[1])) for parts in (line.split() for line in lines if line.startswith("  "))]
+
+
+def test_explain_text_prints_tokens_and_writes_html_png_npy(text_setup, tmp_path):
+    from lrp_onnx import text
+
+    folder, tok = text_setup
+    out = tmp_path / "out"
+    result = lrp_onnx_cli("explain", folder / "classifier.onnx", "--text", "A man playing guitar", "--tokenizer", tok,
+                          "--composite", "attnlrp", "--target", "2", "--out", out, "--save-npy")
+    assert result.returncode == 0, result.stderr
+    expected = text.explain_text(lrp_onnx.Explainer(str(folder / "classifier.onnx"), composite="attnlrp"),
+                                 text.load_tokenizer(tok), "A man playing guitar", target=2)
+    printed = _printed_tokens(result.stdout.splitlines())
+    assert [t for t, _ in printed] == expected.tokens == ["[CLS]", "a", "man", "play", "##ing", "guitar", "[SEP]"]
+    np.testing.assert_allclose([r for _, r in printed], expected.relevance, rtol=1e-3, atol=1e-3 * np.abs(expected.relevance).max())
+    assert "class 2" in result.stdout and "\x1b[" not in result.stdout   # not a TTY: plain
+    np.testing.assert_allclose(np.load(out / "text.relevance.npy"), expected.relevance, rtol=1e-6)
+    page = (out / "text.html").read_text()
+    assert page.count("<span class='t'") == 7 and "##ing" in page
+    image = read_png(out / "text.png").reshape(-1, 3)
+    strongest = [255, 0, 0] if expected.relevance[np.abs(expected.relevance).argmax()] > 0 else [0, 0, 255]
+    assert (image == strongest).all(axis=1).any()   # the token of largest |R| on full red or blue
+
+
+def test_explain_text_pair_of_an_embedding_model_explains_the_similarity_both_ways(text_setup, tmp_path, capsys):
+    from lrp_onnx import text
+    from lrp_onnx.cli import main
+
+    folder, tok = text_setup
+    out = tmp_path / "out"
+    a, b = "someone performs music", "a man playing guitar on stage"
+    assert main(["explain", str(folder / "embedder.onnx"), "--text", a, "--text-pair", b, "--tokenizer", str(tok),
+                 "--composite", "attnlrp", "--merge-words", "--out", str(out), "--save-npy"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    sim = text.explain_similarity(lrp_onnx.Explainer(str(folder / "embedder.onnx"), composite="attnlrp"),
+                                  text.load_tokenizer(tok), a, b, merge_words=True)
+    assert lines[0] == f"cos(A, B) = {sim.score:.4f}"
+    printed = _printed_tokens(lines)
+    assert [t for t, _ in printed] == sim.a.tokens + sim.b.tokens
+    assert "performs" in sim.a.tokens and "playing" in sim.b.tokens   # merged words
+    np.testing.assert_allclose(np.load(out / "text_a.relevance.npy"), sim.a.relevance, rtol=1e-6)
+    np.testing.assert_allclose(np.load(out / "text_b.relevance.npy"), sim.b.relevance, rtol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["text.html", "text.png", "text_a.relevance.npy", "text_b.relevance.npy"]
+
+
+def test_explain_text_colours_a_terminal_unless_no_color(text_setup, tmp_path, capsys, monkeypatch):
+    from lrp_onnx.cli import main
+
+    folder, tok = text_setup
+    args = ["explain", str(folder / "classifier.onnx"), "--text", "a man", "--tokenizer", str(tok),
+            "--composite", "attnlrp", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert main(args) == 0
+    coloured = capsys.readouterr().out
+    assert "\x1b[48;2;" in coloured and "\x1b[0m" in coloured
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(args) == 0
+    assert "\x1b[" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no tokenizer", "--text needs --tokenizer DIR"),
+    ("no tokenizer.json", "no tokenizer.json in"),
+    ("files and text", "--text explains a text: give no INPUT files"),
+    ("pair without text", "--text-pair, --tokenizer and --merge-words go with --text"),
+    ("nothing to explain", "explain needs INPUT files (images, .npy), or --text with --tokenizer"),
+    ("empty text", "a text to explain must be a non-empty string"),
+    ("not a token model", "are not what a tokenizer gives"),
+    ("target of a similarity", "--target does not apply to a similarity"),
+])
+def test_text_errors_exit_2_with_one_line_and_write_nothing(text_setup, model_path, tmp_path, capsys, case, message):
+    from lrp_onnx.cli import main
+
+    folder, tok = text_setup
+    out = tmp_path / "out"
+    base = ["explain", str(folder / "classifier.onnx"), "--out", str(out), "--composite", "attnlrp"]
+    args = {
+        "no tokenizer": base + ["--text", "a man"],
+        "no tokenizer.json": base + ["--text", "a man", "--tokenizer", str(tmp_path)],
+        "files and text": base[:2] + ["x.npy"] + base[2:] + ["--text", "a man", "--tokenizer", str(tok)],
+        "pair without text": base + ["--text-pair", "a man"],
+        "nothing to explain": base,
+        "empty text": base + ["--text", " ", "--tokenizer", str(tok)],
+        "not a token model": ["explain", model_path, "--text", "a man", "--tokenizer", str(tok), "--out", str(out)],
+        "target of a similarity": ["explain", str(folder / "embedder.onnx"), "--text", "a", "--text-pair", "man",
+                                   "--tokenizer", str(tok), "--target", "1", "--out", str(out)],
+    }[case]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrp-onnx: error:") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+# --- segmentation: --target-region, --target-mask (lrp_onnx/targets.py) -----------------------
+
+@pytest.fixture(scope="module")
+def dense_setup(tmp_path_factory):
+    """test_targets.dense_model (a 1x1 Conv: (N, 2, 4, 5) -> (N, 3, 4, 5)) saved, and two inputs."""
+    from test_targets import dense_model
+
+    folder = tmp_path_factory.mktemp("dense")
+    onnx.save(dense_model(), folder / "dense.onnx")
+    x = np.random.default_rng(5).normal(size=(2, 2, 4, 5)).astype(np.float32)
+    np.save(folder / "x.npy", x)
+    return str(folder / "dense.onnx"), folder / "x.npy", x
+
+
+def test_explain_a_region_or_a_mask_file_as_the_python_api_does(dense_setup, tmp_path, capsys):
+    from lrp_onnx.cli import main
+    from lrp_onnx.targets import RegionTarget
+
+    model, inputs, x = dense_setup
+    region = np.zeros((4, 5), bool)
+    region[1:3, 0] = True
+    np.save(tmp_path / "region.npy", region)
+    full = np.random.default_rng(6).uniform(size=(3, 4, 5)).astype(np.float32)
+    np.save(tmp_path / "full.npy", full)
+    ex = lrp_onnx.Explainer(model, "epsilon_plus")
+    cases = {
+        "box": (["--target-region", "2:0:2:1:4"], RegionTarget(2, (0, 2, 1, 4)), "class 2 over the region"),
+        "region": (["--target-mask", tmp_path / "region.npy", "--target", "1"], RegionTarget(1, region),
+                   "class 1 over the region"),
+        "mask": (["--target-mask", tmp_path / "full.npy"], np.stack([full, full]), "target mask"),
+    }
+    for case, (options, target, headline) in cases.items():
+        out = tmp_path / case
+        assert main(["explain", model, str(inputs), "--composite", "epsilon_plus", "--save-npy", "--batch-size", "1",
+                     "--out", str(out), *map(str, options)]) == 0
+        expected = ex.explain(x, target=target)
+        lines = capsys.readouterr().out.splitlines()
+        for i in range(2):
+            assert lines[i].startswith(f"x_{i}: {headline} (score {expected.total[i]:.4g}), relevance sum "), lines[i]
+            np.testing.assert_allclose(np.load(out / f"x_{i}.relevance.npy"), expected.relevance[i], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--target-region", "1:0:2:0"], "--target-region must be CLASS:Y0:Y1:X0:X1 (five integers), got '1:0:2:0'"),
+    (["--target-region", "1:0:2:0:1", "--target", "1"], "--target-region gives the class and the region"),
+    (["--target-region", "3:0:2:0:1"], "region target class 3 is out of range: the model has 3 classes"),
+    (["--target-region", "1:2:2:0:1"], "region box (y0, y1, x0, x1) = (2, 2, 0, 1) is empty or outside the 4x5 output"),
+    (["--target-mask", "cube.npy", "--target", "1"], "must be an (H, W) region of the output's pixels for every input"),
+    (["--target-mask", "wrong.npy", "--target", "1"], "a region mask must be (H, W) = (4, 5)"),
+    (["--target-mask", "wrong.npy"], "a target mask must have the output's shape (2, 3, 4, 5), got (2, 5, 4)"),
+    (["--target-mask", "missing.npy"], "input file not found: "),
+    (["--classifier", "--target-region", "1:0:2:0:1"], "a region target needs a segmentation output (N, C, H, W)"),
+])
+def test_region_errors_exit_2_with_one_line_and_write_nothing(dense_setup, model_path, tmp_path, capsys, options,
+                                                              message):
+    from lrp_onnx.cli import main
+
+    model, inputs, _ = dense_setup
+    np.save(tmp_path / "cube.npy", np.ones((2, 4, 5), bool))
+    np.save(tmp_path / "wrong.npy", np.ones((5, 4), bool))
+    out = tmp_path / "out"
+    args = ["explain", model, str(inputs), "--out", str(out), "--composite", "epsilon_plus"]
+    if options[0] == "--classifier":   # test_cli's tiny_model: a (N, 5) output
+        np.save(tmp_path / "x.npy", np.zeros((3, 4, 4), np.float32))
+        args, options = ["explain", model_path, str(tmp_path / "x.npy"), "--out", str(out)], options[1:]
+    options = [str(tmp_path / o) if o.endswith(".npy") else o for o in options]
+    assert main(args + options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrp-onnx: error:") and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sequence-classification", "causal-lm"])
+def test_explain_text_of_exported_hugging_face_models_matches_the_python_api(text_setup, tmp_path, kind):
+    """A small BERT classifier and GPT-2 (seeded random weights, the vocabulary of
+    test_text's tokenizer) exported by exporters.huggingface, explained from the command line
+    with a text pair (BERT) or a prompt (GPT-2: the predicted next token)."""
+    transformers = pytest.importorskip("transformers", reason="the Hugging Face exporter needs the text extra")
+    pytest.importorskip("torch", reason="the Hugging Face exporter needs the torch extra")
+    from exporters.huggingface import export_huggingface
+    from lrp_onnx import text
+    from test_text import WORDS
+
+    _, tok = text_setup
+    small = dict(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=32)
+    config = (transformers.BertConfig(**small, num_labels=3) if kind == "sequence-classification" else
+              transformers.GPT2Config(vocab_size=len(WORDS), n_embd=16, n_layer=2, n_head=2, n_positions=32))
+    path = export_huggingface(config, tmp_path / f"{kind}.onnx", task=kind).path
+    pair = ["--text-pair", "someone performs music"] if kind == "sequence-classification" else []
+    result = lrp_onnx_cli("explain", path, "--text", "a man playing guitar", *pair, "--tokenizer", tok,
+                          "--composite", "attnlrp", "--out", tmp_path / "out", "--save-npy")
+    assert result.returncode == 0, result.stderr
+    expected = text.explain_text(lrp_onnx.Explainer(path, composite="attnlrp"), text.load_tokenizer(tok),
+                                 "a man playing guitar", pair[1] if pair else None)
+    printed = _printed_tokens(result.stdout.splitlines())
+    assert [t for t, _ in printed] == expected.tokens
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "text.relevance.npy"), expected.relevance, rtol=1e-6)
+    described = text.describe_target(expected, text.load_tokenizer(tok))
+    assert described in result.stdout
+    assert described.startswith("next token" if kind == "causal-lm" else "class")

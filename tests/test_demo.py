@@ -74,3 +74,33 @@ def test_vgg16_weights_file_that_is_not_a_state_dict(tmp_path):
     bad.write_bytes(b"not a state dict")
     with pytest.raises(InputError, match="bad.pth is not a torchvision VGG-16 state dict"):
         demo._vgg16(str(bad))
+
+
+def test_text_demo_prints_each_pair_and_draws_the_figure(monkeypatch, tmp_path, capsys):
+    """run_text on the tiny embedding model and tokenizer of test_text.py (in place of the
+    MiniLM export): a cosine per pair, both sentences' words with their relevance, the PNG."""
+    import re
+
+    import numpy as np
+    import onnx
+
+    from lrp_onnx import Explainer, text
+    from test_text import make_tokenizer, pooled_model
+
+    path = tmp_path / "embedder.onnx"
+    onnx.save(pooled_model(out_dim=5, seed=1), path)
+    folder = make_tokenizer(tmp_path / "tok")
+    monkeypatch.setattr(demo, "minilm_export", lambda out_dir: (str(path), folder))
+    pairs = (("a man playing guitar", "someone performs music"), ("a man", "stock market fell"))
+    out = demo.run_text(str(tmp_path / "out"), pairs)
+    printed = capsys.readouterr().out
+    explainer = Explainer(str(path), composite="attnlrp")
+    for a, b in pairs:
+        sim = text.explain_similarity(explainer, text.load_tokenizer(folder), a, b, merge_words=True)
+        assert f"cos = {sim.score:+.3f}   A: {a}   B: {b}" in printed
+        assert f" A (relevance sum {sim.a.relevance.sum():+.3f}):" in printed
+        for token, r in zip(sim.a.tokens + sim.b.tokens, np.concatenate([sim.a.relevance, sim.b.relevance])):
+            assert re.search(rf"^  {re.escape(token)} +{re.escape(f'{r:+.4g}')}$", printed, re.M), token
+    image = read_png(out)
+    assert out.endswith("text_similarity.png") and image.shape[2] == 3
+    assert (image.reshape(-1, 3) == [255, 0, 0]).all(axis=1).any() or (image.reshape(-1, 3) == [0, 0, 255]).all(axis=1).any()

@@ -100,3 +100,38 @@ def test_the_gradient_composite_equals_tf_gradient_tape(functional):
     assert np.abs(got - exact).max() <= tolerance
     wrong = gradient_tape(keras_exporter.float64_clone(model), x.astype(np.float64), (target + 1) % invariance.CLASSES)
     assert np.abs(wrong - exact).max() > tolerance
+
+
+def test_captured_constants_become_initializers_and_the_exact_gelu_exports(tmp_path):
+    """A Normalization layer with a given mean and variance (eager tensors the tf.function
+    captures, which tf2onnx would make graph inputs) and Keras' default, exact GELU (TensorFlow's
+    Erfc, which tf2onnx 1.17 cannot convert: written as 1 - Erf); the gradient composite on the
+    export equals tf.GradientTape's."""
+    import onnx
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Normalization(mean=[1, 2, 3, 4, 5], variance=[1, 4, 9, 1, 4]),
+                              keras.layers.Dense(8, activation="gelu", bias_initializer="random_normal"),
+                              keras.layers.Dense(invariance.CLASSES)])
+    x = RNG.normal(size=(3, 5)).astype(np.float32) * 3
+    path = keras_exporter.export_keras(model, x, tmp_path / "gelu.onnx")
+    proto = onnx.load(path)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert "Erf" in {n.op_type for n in proto.graph.node} and "Erfc" not in {n.op_type for n in proto.graph.node}
+    target = np.array([0, 1, 2])
+    got = lrp_onnx.Explainer(path, "gradient").explain(x, target=target).relevance
+    exact = gradient_tape(keras_exporter.float64_clone(model), x.astype(np.float64), target)
+    assert np.abs(got - exact).max() <= float32_tolerance(gradient_tape(model, x, target), exact, 2)
+
+
+def test_calibrate_batchnorm_averages_the_batch_statistics():
+    """moving mean / variance = the mean over the passes of each batch's mean / (biased)
+    variance, and the layer's momentum is restored."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
+    batches = [RNG.normal(loc=i, size=(16, 3)).astype(np.float32) for i in range(3)]
+    keras_exporter.calibrate_batchnorm(model, lambda i: batches[i], passes=3)
+    norm = model.layers[0]
+    mean, variance = (np.asarray(v) for v in (norm.moving_mean, norm.moving_variance))
+    np.testing.assert_allclose(mean, np.mean([b.mean(0) for b in batches], 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, np.mean([b.var(0) for b in batches], 0), rtol=1e-5)
+    assert norm.momentum == 0.9

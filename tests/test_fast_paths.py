@@ -107,6 +107,59 @@ def test_gamma_after_relu_drops_the_negative_term_exactly(oracle_gamma):
     assert agrees == (oracle_gamma == 0.25), np.abs(res.relevance - r).max() / np.abs(r).max()
 
 
+def _dense(layer, w, bias, in_shape):
+    """(the layer as a dense matrix on the flattened sample, its bias per output element)."""
+    if layer == "gemm":
+        return w, bias
+    if layer == "matmul":   # (T, K) @ (K, M): block diagonal
+        return np.kron(np.eye(in_shape[0]), w.T), np.tile(bias, in_shape[0])
+    c_out, c_in, k = w.shape   # Conv1d, stride 1, pads 1
+    length = in_shape[1]
+    dense = np.zeros((c_out, length, c_in, length))
+    for o, i, j, t in np.ndindex(c_out, c_in, k, length):
+        if 0 <= t + j - 1 < length:
+            dense[o, t, i, t + j - 1] = w[o, i, j]
+    return dense.reshape(c_out * length, c_in * length), np.repeat(bias, length)
+
+
+@pytest.mark.parametrize("oracle_gamma", [0.25, 0.3], ids=["right", "rejects_a_wrong_gamma"])
+@pytest.mark.parametrize("rectified", [False, True], ids=["signed_output", "relu_after"])
+@pytest.mark.parametrize("layer", ["gemm", "matmul", "conv"])
+def test_gamma_on_a_signed_input_by_magnitudes(layer, rectified, oracle_gamma):
+    """Gamma on a layer whose input is signed: three passes of f (ops/propagate.py,
+    _gamma_by_magnitudes) against the dense numpy Gamma with all four branches per term."""
+    in_shape, w_shape, op, outputs = {"gemm": ((6,), (5, 6), "Gemm", 5), "matmul": ((3, 6), (6, 5), "MatMul", 15),
+                                      "conv": ((3, 7), (4, 3, 3), "Conv", 28)}[layer]
+    w = RNG.normal(size=w_shape)
+    # a MatMul of a 3-D input keeps no bias (canonicalize/matmul_add.py fuses only 2-D ones)
+    bias = RNG.normal(size=w_shape[0]) * 0.5 if layer != "matmul" else np.zeros(w_shape[1])
+    attrs = {"gemm": dict(transB=1), "matmul": {}, "conv": dict(pads=[1, 1])}[layer]
+    inputs = ["x", "W"] + ([] if layer == "matmul" else ["b"])
+    nodes = [helper.make_node(op, inputs, ["z"], name="layer", **attrs)]
+    last = "z"
+    if rectified:
+        nodes.append(helper.make_node("Relu", [last], ["a"], name="relu"))
+        last = "a"
+    nodes.append(helper.make_node("Flatten", [last], ["y"], name="flat"))
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in (("W", w), ("b", bias))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", outputs])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.normal(size=(4, *in_shape)).astype(np.float32)
+    ex = lrp_onnx.Explainer(model, composite={"rules": [{"where": "all", "rule": {"rule": "Gamma", "gamma": 0.25}}]})
+    mask = RNG.uniform(size=(4, outputs)).astype(np.float32)
+    res = ex.explain(x, target=mask)
+    assert sum(node.op_type == "Abs" for node in ex.model.graph.node) == 1   # the fast path, not the branches
+    assert sum(node.op_type == op for node in ex.model.graph.node) <= 4      # 1 forward, V, two transposed
+    dense, dense_bias = _dense(layer, w, bias, in_shape)
+    a = x.reshape(len(x), -1).astype(np.float64)
+    z = a @ dense.T + dense_bias
+    r = (np.maximum(z, 0) if rectified else z) * mask
+    expected = _gamma_numpy(a, dense, dense_bias, r, gamma=oracle_gamma).reshape(x.shape)
+    error = np.abs(res.relevance - expected).max() / np.abs(expected).max()
+    assert (error <= RTOL) == (oracle_gamma == 0.25), error
+
+
 def test_unknown_execution_provider_is_a_clear_error():
     model = helper.make_model(helper.make_graph(
         [helper.make_node("Gemm", ["x", "W"], ["y"], name="fc", transB=1)], "g",

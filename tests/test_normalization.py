@@ -285,3 +285,28 @@ def test_norm_gradients_match_autograd(op):
     (y * torch.from_numpy(mask)).sum().backward()
     expected = xt.grad.numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_lp_normalization_passes_relevance_and_its_gradient_matches_autograd(p):
+    """y = x / ||x||_p (a sentence embedding's normalization): LRP passes R through (the norm a
+    constant of the sample), so with a mask R_x = y * mask; the gradient composite (the norm
+    NOT constant) against torch.autograd in float64. Tolerance 1e-5 of max: one reduction of 5
+    terms and one division in float32 (< 10 ulp)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    node = helper.make_node("LpNormalization", ["x"], ["y"], name="lp", axis=-1, p=p)
+    model = model_of([node], (3, 5), (3, 5), {})
+    x = signed_uniform(rng, (2, 3, 5)).astype(np.float32)
+    mask = rng.normal(size=x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    y = x64 / np.linalg.norm(x64, ord=p, axis=-1, keepdims=True)
+    assert_close(lrp_onnx.Explainer(model, "epsilon_plus").explain(x, target=mask).relevance, y * mask, "LRP")
+    got = lrp_onnx.Explainer(model, "gradient").explain(x, target=mask).relevance
+    xt = torch.from_numpy(x64).requires_grad_()
+    (torch.nn.functional.normalize(xt, p=p, dim=-1) * torch.from_numpy(mask.astype(np.float64))).sum().backward()
+    expected = xt.grad.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(AssertionError):   # the norm held constant is not the gradient
+        np.testing.assert_allclose(got, mask / np.linalg.norm(x64, ord=p, axis=-1, keepdims=True), rtol=1e-5,
+                                   atol=1e-5 * np.abs(expected).max())

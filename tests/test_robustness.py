@@ -112,16 +112,17 @@ def test_missing_or_short_external_data_is_a_model_error(net, tmp_path):
 
 
 def test_dynamic_spatial_dimensions_are_a_model_error(net):
-    """Sizes after the batch axis may be dynamic, but the CNN handlers build constants of the
-    spatial sizes (pooling windows, ConvTranspose output shapes): the first such handler on the
-    way back names the tensor, the node and the fix."""
+    """Conv and pooling take dynamic height and width (tests/test_dynamic.py), but ZBox's bounds
+    are constants of the input's size: epsilon_gamma_box names the tensor, the node and the fix,
+    and epsilon_plus (no bounds) compiles the same model."""
     dynamic = onnx.ModelProto()
     dynamic.CopyFrom(net)
     dims = dynamic.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
-    with pytest.raises(ModelError, match=r"tensor 'relu1' needs static dimensions after the batch axis, has "
-                                         r"\('N', 4, .*make_dynamic_shape_fixed.*'MaxPool_2' \(MaxPool\)"):
+    with pytest.raises(ModelError, match=r"tensor 'x' needs static dimensions after the batch axis, has "
+                                         r"\('N', 3, 'H', 'W'\).*make_dynamic_shape_fixed.*'Conv_0' \(Conv\)"):
         lrp_onnx.Explainer(dynamic)
+    lrp_onnx.Explainer(dynamic, "epsilon_plus")
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -76,11 +76,27 @@ def test_split_equal_parts_on_a_negative_axis(opset):
     np.testing.assert_allclose(res.relevance, np.concatenate([p0 * s, -p1 * s], axis=-1), rtol=1e-5)
 
 
-def test_split_of_the_batch_axis_is_an_error():
-    nodes = [helper.make_node("Split", ["x"], ["p0", "p1"], name="batch_split", axis=0),
-             helper.make_node("Add", ["p0", "p1"], ["y"], name="add")]
-    with pytest.raises(ModelError, match=r"Split 'batch_split' splits the batch axis"):
-        lrp_onnx.Explainer(make_model(nodes, (4,), (4,), {}), LRP0_ALL)
+def test_split_along_axis_0_of_a_packed_tensor():
+    """timm's qkv.unbind(0): axis 0 of a (3, N, ...) tensor is not the batch axis. x (N,3,2) ->
+    Transpose (3,N,2) -> Split(axis 0) -> a, b (unused), c -> y = Squeeze(a + c): R_x[:, 0] =
+    a / stab(y) R, R_x[:, 2] = c / stab(y) R, R_x[:, 1] = 0 (a is +-U(1, 2), c +-U(0.2, 0.5):
+    |y| >= 0.5, rtol 1e-5 for the division as above)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="pack", perm=[1, 0, 2]),
+             helper.make_node("Split", ["t"], ["a", "b", "c"], name="unbind", axis=0),
+             helper.make_node("Add", ["a", "c"], ["s"], name="add"),
+             helper.make_node("Squeeze", ["s", "zero"], ["y"], name="squeeze")]
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 3, 2)).astype(np.float32)
+    x[:, 0] = rng.choice([-1, 1], size=(2, 2)) * rng.uniform(1, 2, size=(2, 2))
+    x[:, 2] = rng.choice([-1, 1], size=(2, 2)) * rng.uniform(0.2, 0.5, size=(2, 2))
+    mask = rng.normal(size=(2, 2))
+    res = explain(make_model(nodes, (3, 2), (2,), {"zero": np.array([0], np.int64)}), x, mask)
+    a, c = x[:, 0].astype(np.float64), x[:, 2].astype(np.float64)
+    y = a + c
+    share = y * mask / (y + SUM_EPSILON * np.sign(y))
+    expected = np.zeros(x.shape)
+    expected[:, 0], expected[:, 2] = a * share, c * share
+    np.testing.assert_allclose(res.relevance, expected, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- Slice
@@ -176,11 +192,14 @@ def test_constant_pad_cuts_the_border_off(opset):
     exact(res.relevance, (y * mask)[:, :, 1:4, 2:6])
 
 
-@pytest.mark.parametrize("mode", ["reflect", "edge"])
-def test_non_constant_pad_is_an_error(mode):
-    node = helper.make_node("Pad", ["x", "pads"], ["y"], name="mirror", mode=mode)
-    model = make_model([node], (2, 4), (2, 6), {"pads": np.array([0, 0, 1, 0, 0, 1], np.int64)})
-    with pytest.raises(ModelError, match=rf"Pad 'mirror' \({mode} mode\).*supports constant padding"):
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_computed_pads_are_an_error(mode):
+    """(reflect, edge and wrap modes: tests/test_pad_modes.py)"""
+    nodes = [helper.make_node("Shape", ["x"], ["dims"], name="dims"),
+             helper.make_node("Concat", ["dims", "dims"], ["pads"], name="pads", axis=0),
+             helper.make_node("Pad", ["x", "pads"], ["y"], name="mirror", mode=mode)]
+    model = make_model(nodes, (2, 4), (2, 6), {})
+    with pytest.raises(ModelError, match=rf"Pad 'mirror' \({mode} mode, computed pads\)"):
         lrp_onnx.Explainer(model, LRP0_ALL)
 
 

@@ -132,3 +132,23 @@ def test_mask_built_on_a_shape_path_with_trilu_and_where():
     assert np.all(np.isfinite(res.relevance))
     assert_close(res.relevance, expected, "R_x")
     assert_rejected(res.relevance, np.where(masked, 0.0, logits) * r, expected)
+
+
+def test_unmasked_equals_where_isinf_on_special_values():
+    """ops/softmax.unmasked (Max, Greater, Cast, Mul: no Where) against numpy's where(x == -inf, 0, x)."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from lrp_onnx.builder import GraphBuilder
+    from lrp_onnx.ops.softmax import unmasked
+
+    low, high = np.finfo(np.float32).min, np.finfo(np.float32).max
+    x = np.array([[-np.inf, np.inf, low, high, 0.0, -0.0, -1.5, 2.0, 1e-45, -1e-45]], np.float32)
+    b = GraphBuilder(17, ["x"])
+    out = unmasked(b, "x")
+    graph = helper.make_graph(b.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, x.shape)], b.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    got, = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(got, np.where(x == -np.inf, 0.0, x))
+    assert "Where" not in {node.op_type for node in b.nodes}

@@ -16,6 +16,8 @@ from .dequantize import fold_dequantize_constants
 from .float16 import float16_to_float32
 from .gelu import fuse_gelu_tanh
 from .gemm import normalize_gemm
+from .global_pool import global_pool_to_reduce_mean
+from .group_norm import normalize_groups
 from .hardswish import fuse_hardswish
 from .identity import drop_identity
 from .layernorm import fuse_layernorm
@@ -45,6 +47,8 @@ PASSES: Tuple[Pass, ...] = (
     drop_identity,
     drop_noop_casts,
     cancel_transposes,
+    normalize_groups,         # InstanceNorm / GroupNorm -> LayerNormalization per group
+    global_pool_to_reduce_mean,  # tf2onnx's GlobalAveragePool over (N, T, D)'s last axis -> ReduceMean
     fuse_layernorm,
     fuse_rmsnorm,
     fuse_gelu_tanh,

@@ -46,12 +46,15 @@ def rank_of(graph: onnx.GraphProto, name: str) -> Optional[int]:
     return None
 
 
-def rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Make every node that reads ``old`` read ``new`` instead."""
+def rename_uses(graph: onnx.GraphProto, old: str, new: str, producers_too: bool = False) -> None:
+    """Make every node that reads ``old`` read ``new`` instead (and, with ``producers_too``, the
+    node that writes ``old`` write ``new``: the tensor renamed)."""
     for node in graph.node:
-        for slot, name in enumerate(node.input):
-            if name == old:
-                node.input[slot] = new
+        slots = (node.input, node.output) if producers_too else (node.input,)
+        for names in slots:
+            for slot, name in enumerate(names):
+                if name == old:
+                    names[slot] = new
 
 
 def fresh_name(graph: onnx.GraphProto, hint: str) -> str:

@@ -1,9 +1,10 @@
 """Small pattern-matching helpers for the passes that fuse decomposed normalizations and
-activations (layernorm.py, rmsnorm.py, gelu.py): follow a tensor to its only consumer, read
-constant scalars and reduction axes."""
+activations (layernorm.py, rmsnorm.py, gelu.py, hardswish.py, softmax_decomposed.py): follow a
+tensor to its only consumer, read constant scalars and reduction axes, and replace each match by
+one fused node (``fuse_matches``)."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -77,7 +78,8 @@ class Chain:
             if node is None:
                 continue
             other = self.other(node, tensor)
-            value = None if other is None else trailing_constant(constant_value(self.graph, other), shape)
+            value = (None if other is None else
+                     trailing_constant(constant_value(self.graph, other), shape, rank_of(self.graph, tensor)))
             if value is None:
                 break
             values[op_type] = value
@@ -86,10 +88,15 @@ class Chain:
         return tensor, values.get("Mul"), values.get("Add"), absorbed
 
 
-def trailing_constant(value: Optional[np.ndarray], shape: Tuple[int, ...]) -> Optional[np.ndarray]:
-    """A constant that broadcasts within the trailing ``shape`` (a leading axis of 1 allowed),
-    broadcast to it; None for no constant or one that does not."""
-    if value is None or value.ndim > len(shape) + 1 or (value.ndim == len(shape) + 1 and value.shape[0] != 1):
+def trailing_constant(value: Optional[np.ndarray], shape: Tuple[int, ...], rank: Optional[int] = None) -> Optional[np.ndarray]:
+    """A constant that broadcasts within the trailing ``shape`` of a tensor of ``rank`` (leading
+    axes of size 1 allowed up to that rank, one if it is unknown: Keras writes a sequence
+    LayerNorm's gamma as (1, 1, D)), broadcast to it; None for no constant or one that does not."""
+    if value is None or value.ndim > (len(shape) + 1 if rank is None else rank):
+        return None
+    while value.ndim > len(shape) and value.shape[0] == 1:
+        value = value[0]
+    if value.ndim > len(shape):
         return None
     try:
         return np.broadcast_to(value.reshape(value.shape[-len(shape):] if value.ndim else ()), shape)
@@ -110,3 +117,21 @@ def static_trailing_shape(graph: onnx.GraphProto, tensor: str, first_axis: int) 
 def remove(graph: onnx.GraphProto, nodes) -> None:
     for node in nodes:
         graph.node.remove(node)
+
+
+def fuse_matches(graph: onnx.GraphProto, anchor_op: str, match: Callable,
+                 build: Callable[[onnx.NodeProto, tuple], Optional[Tuple[onnx.NodeProto, Sequence]]]) -> bool:
+    """For each ONNX-domain node of type ``anchor_op`` that ``match(chain, anchor)`` accepts,
+    ``build(anchor, found)`` gives (the fused node, the matched nodes it replaces) or None to
+    leave it; the fused node goes where the last matched node was. True when anything fused."""
+    chain, fused = Chain(graph), False
+    for anchor in [n for n in graph.node if n.op_type == anchor_op and n.domain in ("", "ai.onnx")]:
+        found = match(chain, anchor)
+        replacement = None if found is None else build(anchor, found)
+        if replacement is None:
+            continue
+        node, matched = replacement
+        graph.node.insert(list(graph.node).index(matched[-1]), node)
+        remove(graph, matched)
+        chain, fused = Chain(graph), True
+    return fused

@@ -16,7 +16,7 @@ from typing import Optional
 import onnx
 from onnx import helper
 
-from ._match import Chain, remove
+from ._match import Chain, fuse_matches
 from .private import DOMAIN, default_opset, define
 
 _C = math.sqrt(2.0 / math.pi)
@@ -104,22 +104,13 @@ def _function(opset: int) -> onnx.FunctionProto:
 def fuse_gelu_tanh(model: onnx.ModelProto) -> bool:
     """Requires constants as initializers. Ensures every tanh GELU of the module doc is one
     node: Gelu(approximate="tanh") from opset 20, else the private GeluTanh."""
-    graph = model.graph
     opset = default_opset(model)
-    chain = Chain(graph)
-    fused = False
-    for tanh in [n for n in graph.node if n.op_type == "Tanh"]:
-        found = _match(chain, tanh)
-        if found is None:
-            continue
+
+    def build(tanh, found):
         x, out, nodes = found
         if opset >= 20:
-            node = helper.make_node("Gelu", [x], [out], name=tanh.name + "_gelu", approximate="tanh")
-        else:
-            node = helper.make_node("GeluTanh", [x], [out], name=tanh.name + "_gelu", domain=DOMAIN)
-            define(model, _function(opset))
-        graph.node.insert(list(graph.node).index(nodes[-1]), node)
-        remove(graph, nodes)
-        chain = Chain(graph)
-        fused = True
-    return fused
+            return helper.make_node("Gelu", [x], [out], name=tanh.name + "_gelu", approximate="tanh"), nodes
+        define(model, _function(opset))
+        return helper.make_node("GeluTanh", [x], [out], name=tanh.name + "_gelu", domain=DOMAIN), nodes
+
+    return fuse_matches(model.graph, "Tanh", _match, build)

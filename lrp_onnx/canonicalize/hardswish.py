@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ._match import Chain, remove
+from ._match import Chain, fuse_matches
 
 
 def _is(chain: Chain, name: str, value: float) -> bool:
@@ -64,15 +64,8 @@ def _match(chain: Chain, add: onnx.NodeProto):
 def fuse_hardswish(model: onnx.ModelProto) -> bool:
     """Requires constants as initializers and opset >= 14 (HardSwish; models are lifted to 17
     on load). Ensures every hard-swish of the module doc is one HardSwish node."""
-    graph = model.graph
-    chain, fused = Chain(graph), False
-    for add in [n for n in graph.node if n.op_type == "Add"]:
-        found = _match(chain, add)
-        if found is None:
-            continue
+    def build(add, found):
         x, out, nodes = found
-        fused_node = helper.make_node("HardSwish", [x], [out], name=add.name + "_hardswish")
-        graph.node.insert(list(graph.node).index(nodes[-1]), fused_node)
-        remove(graph, nodes)
-        chain, fused = Chain(graph), True
-    return fused
+        return helper.make_node("HardSwish", [x], [out], name=add.name + "_hardswish"), nodes
+
+    return fuse_matches(model.graph, "Add", _match, build)

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ._graph import add_initializer, constant_value
-from ._match import Chain, remove, static_trailing_shape, trailing_constant
+from ._graph import add_initializer, constant_value, rank_of
+from ._match import Chain, fuse_matches, static_trailing_shape, trailing_constant
 
 
 def _user(chain: Chain, tensor: str, op_type: str, inputs=None, other_of=None):
@@ -55,7 +55,7 @@ def _keras_form(chain: Chain, x: str, m: str, std: str, shape):
     r, nodes, w = reciprocal.output[0], [reciprocal], None
     scaled = chain.only_use(r, ("Mul",))
     if scaled is not None:
-        w = trailing_constant(constant_value(chain.graph, chain.other(scaled, r) or ""), shape)
+        w = trailing_constant(constant_value(chain.graph, chain.other(scaled, r) or ""), shape, rank_of(chain.graph, x))
         if w is None:
             return None
         r = scaled.output[0]
@@ -69,7 +69,8 @@ def _keras_form(chain: Chain, x: str, m: str, std: str, shape):
     shift, b = times_m.output[0], None
     with_bias = chain.only_use(shift, ("Add",))
     if with_bias is not None and chain.other(with_bias, shift) != times_x.output[0]:
-        b = trailing_constant(constant_value(chain.graph, chain.other(with_bias, shift) or ""), shape)
+        b = trailing_constant(constant_value(chain.graph, chain.other(with_bias, shift) or ""), shape,
+                              rank_of(chain.graph, x))
         if b is None:
             return None
         shift = with_bias.output[0]
@@ -131,19 +132,12 @@ def fuse_layernorm(model: onnx.ModelProto) -> bool:
     """Requires shape inference and constants as initializers. Ensures every decomposed layer
     normalization of the module doc is one LayerNormalization node (float32 models)."""
     graph = model.graph
-    chain = Chain(graph)
-    fused = False
-    for mean in [n for n in graph.node if n.op_type == "ReduceMean"]:
-        found = _match(chain, mean)
-        if found is None:
-            continue
+
+    def build(mean, found):
         x, axis, eps, w, b, out, nodes, shape = found
         scale = add_initializer(graph, (np.ones(shape) if w is None else w).astype(np.float32), mean.name + "_ln_scale")
         bias = add_initializer(graph, (np.zeros(shape) if b is None else b).astype(np.float32), mean.name + "_ln_bias")
-        fused_node = helper.make_node("LayerNormalization", [x, scale, bias], [out], name=mean.name + "_layernorm",
-                                      axis=axis, epsilon=eps)
-        graph.node.insert(list(graph.node).index(nodes[-1]), fused_node)
-        remove(graph, nodes)
-        chain = Chain(graph)
-        fused = True
-    return fused
+        return helper.make_node("LayerNormalization", [x, scale, bias], [out], name=mean.name + "_layernorm",
+                                axis=axis, epsilon=eps), nodes
+
+    return fuse_matches(graph, "ReduceMean", _match, build)

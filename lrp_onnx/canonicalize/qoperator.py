@@ -99,18 +99,25 @@ def _conv_attrs(node: onnx.NodeProto) -> dict:
             if a.name in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")}
 
 
+def _with_bias(rw: _Rewriter, node: onnx.NodeProto, args: list, slot: int, hint: str) -> Optional[list]:
+    """``args`` and the float bias of the node's int32 bias at input ``slot``, if it has one
+    (QLinearConv and QGemm both take x_scale and w_scale at inputs 1 and 4); None when that bias
+    is not a constant."""
+    if not _get(node, slot):
+        return args
+    bias = rw.bias(node.input[slot], node.input[1], node.input[4], hint)
+    return None if bias is None else args + [bias]
+
+
 def _qlinear(rw: _Rewriter, node: onnx.NodeProto) -> bool:
     """Rewrite one QOperator node (False: not one, or one that is not read)."""
     op, domain, hint, inp = node.op_type, node.domain, node.name or node.output[0], node.input
     if domain in ("", "ai.onnx") and op == "QLinearConv":
         x = rw.dequantize(inp[0], inp[1], inp[2], hint + "_x")
         w = rw.dequantize(inp[3], inp[4], inp[5], hint + "_w", axis=0)
-        args = [x, w]
-        if _get(node, 8):
-            b = rw.bias(inp[8], inp[1], inp[4], hint)
-            if b is None:
-                return False
-            args.append(b)
+        args = _with_bias(rw, node, [x, w], 8, hint)
+        if args is None:
+            return False
         y = rw.fresh(node.output[0] + "_float")
         rw.node("Conv", args, [y], hint + "_conv", **_conv_attrs(node))
         rw.quantize(y, inp[6], inp[7], node.output[0], hint)
@@ -128,12 +135,9 @@ def _qlinear(rw: _Rewriter, node: onnx.NodeProto) -> bool:
         trans_b = attribute(node, "transB", 0)
         a = rw.dequantize(inp[0], inp[1], inp[2], hint + "_a")
         b = rw.dequantize(inp[3], inp[4], inp[5], hint + "_b", axis=0 if trans_b else 1)
-        args = [a, b]
-        if _get(node, 6):
-            c = rw.bias(inp[6], inp[1], inp[4], hint)
-            if c is None:
-                return False
-            args.append(c)
+        args = _with_bias(rw, node, [a, b], 6, hint)
+        if args is None:
+            return False
         float_out = not _get(node, 7)
         y = node.output[0] if float_out else rw.fresh(node.output[0] + "_float")
         alpha = float(attribute(node, "alpha", 1.0))   # onnxruntime's QGemm: alpha * (A'B' + C)

@@ -1,11 +1,15 @@
-"""Pass: fuse a decomposed RMS normalization (Llama's RMSNorm as torch exports it) into one node.
+"""Pass: fuse a decomposed RMS normalization into one node: Llama's RMSNorm as torch exports it,
+and Keras' RMSNormalization (keras.layers.RMSNormalization, x * rsqrt(mean(x^2) + eps) * w) as
+tf2onnx writes it:
 
     v = ReduceMean(Pow(x, 2) | Mul(x, x))   s = Sqrt(Add(v, eps))
-    n = Div(x, s) | Mul(x, Reciprocal(s)) | Mul(x, Div(1, s))   [Mul(n, w)]
+    n = Div(x, s) | Mul(x, Reciprocal(s)) | Mul(x, Div(1, s))   [Mul(n, w)]     (torch)
+      | Mul(x, Mul(Reciprocal(s), w))                                         (tf2onnx's Keras form)
 
-over trailing axes, every intermediate used only inside the pattern, w a constant (float32
-Casts around it are gone already: canonicalize/casts.py). It becomes RMSNormalization(x, w,
-axis, epsilon):
+over trailing axes (tf2onnx's GlobalAveragePool for the mean over the last axis of a rank-3
+tensor is a ReduceMean again after canonicalize/global_pool.py), every intermediate used only
+inside the pattern, w a constant (float32 Casts around it are gone already: canonicalize/casts.py). It
+becomes RMSNormalization(x, w, axis, epsilon):
 
 - at opset >= 23, ONNX's own RMSNormalization;
 - below, the node of the same name in the private domain ``ai.lrp_onnx`` (canonicalize/private.py),
@@ -17,24 +21,31 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper
 
-from ._graph import add_initializer
-from ._match import Chain, remove, static_trailing_shape
+from ._graph import add_initializer, constant_value
+from ._match import Chain, remove, static_trailing_shape, trailing_constant
 from .private import DOMAIN, default_opset, define
 
 
-def _reciprocal_product(chain: Chain, x: str, std: str):
-    """The nodes computing x / std as Div(x, std), Mul(x, Reciprocal(std)) or Mul(x, Div(1, std))."""
+def _reciprocal_product(chain: Chain, x: str, std: str, shape):
+    """(nodes, w) computing x / std [* w] as Div(x, std), Mul(x, Reciprocal(std)), Mul(x, Div(1,
+    std)) (w None) or Mul(x, Mul(Reciprocal(std), w)) (w a constant within the trailing ``shape``)."""
     node = chain.only_use(std, ("Div", "Reciprocal"))
     if node is None:
         return None
     if node.op_type == "Div" and list(node.input) == [x, std]:
-        return [node]
+        return [node], None
     if node.op_type == "Div" and (node.input[1] != std or chain.scalar(node.input[0]) != 1.0):
         return None
     times = chain.only_use(node.output[0], ("Mul",))
-    if times is None or chain.other(times, node.output[0]) != x:
+    if times is None:
         return None
-    return [node, times]
+    if chain.other(times, node.output[0]) == x:
+        return [node, times], None
+    w = trailing_constant(constant_value(chain.graph, chain.other(times, node.output[0]) or ""), shape)
+    applied = None if w is None else chain.only_use(times.output[0], ("Mul",))
+    if applied is None or chain.other(applied, times.output[0]) != x:
+        return None
+    return [node, times, applied], w
 
 
 def _match(chain: Chain, reduce: onnx.NodeProto):
@@ -50,14 +61,17 @@ def _match(chain: Chain, reduce: onnx.NodeProto):
     add = chain.only_use(reduce.output[0], ("Add",))
     eps = None if add is None else chain.scalar(chain.other(add, reduce.output[0]) or "")
     sqrt = None if eps is None else chain.only_use(add.output[0], ("Sqrt",))
-    divide = None if sqrt is None else _reciprocal_product(chain, x, sqrt.output[0])
     shape = static_trailing_shape(chain.graph, x, axis)
-    if divide is None or shape is None:
+    found = None if sqrt is None or shape is None else _reciprocal_product(chain, x, sqrt.output[0], shape)
+    if found is None:
         return None
+    divide, w_inside = found
     out, w, b, absorbed = chain.affine_after(divide[-1].output[0], shape)
     if b is not None:   # an RMSNorm has no bias: leave the Add outside
         absorbed = absorbed[:-1]
         out = absorbed[-1].output[0] if absorbed else divide[-1].output[0]
+    if w_inside is not None:
+        w = w_inside if w is None else w_inside * w
     return x, axis, eps, w, out, [square, reduce, add, sqrt] + divide + absorbed, shape
 
 

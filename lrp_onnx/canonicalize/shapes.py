@@ -20,7 +20,8 @@ from ._graph import consumers, remove_unused_initializers
 
 #: Integer ops on shapes that are evaluated once all their inputs are constants.
 FOLDABLE = {"Gather", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice",
-            "Floor", "Ceil", "Range", "Reshape", "Equal", "Where", "ConstantOfShape", "Mod", "Min", "Max"}
+            "Floor", "Ceil", "Range", "Reshape", "Equal", "Where", "ConstantOfShape", "Mod", "Min", "Max",
+            "Transpose"}   # Transpose: Swin's window-padding pads
 #: Larger constants are weights, not shapes: they are left alone.
 MAX_FOLDED_SIZE = 64
 

@@ -13,7 +13,7 @@ import onnx
 from onnx import helper
 
 from ._graph import rank_of
-from ._match import Chain, remove
+from ._match import Chain, fuse_matches
 
 
 def _last_axis(chain: Chain, node: onnx.NodeProto) -> bool:
@@ -52,15 +52,8 @@ def _match(chain: Chain, total: onnx.NodeProto):
 def fuse_softmax(model: onnx.ModelProto) -> bool:
     """Requires shape inference (ranks) and constants as initializers; runs before
     ``strip_output_softmax``. Ensures every softmax of the module doc is one Softmax node."""
-    graph = model.graph
-    chain, fused = Chain(graph), False
-    for total in [n for n in graph.node if n.op_type == "ReduceSum"]:
-        found = _match(chain, total)
-        if found is None:
-            continue
+    def build(total, found):
         x, out, nodes = found
-        graph.node.insert(list(graph.node).index(nodes[-1]),
-                          helper.make_node("Softmax", [x], [out], name=total.name + "_softmax", axis=-1))
-        remove(graph, nodes)
-        chain, fused = Chain(graph), True
-    return fused
+        return helper.make_node("Softmax", [x], [out], name=total.name + "_softmax", axis=-1), nodes
+
+    return fuse_matches(model.graph, "ReduceSum", _match, build)

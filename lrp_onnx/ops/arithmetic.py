@@ -3,8 +3,10 @@
 Sums split the relevance in proportion to each summand (the overview's z-rule on a layer whose
 weights are all 1, section 10.2; zennit's Norm rule for its ResNet canonizer's Sum):
 
-    R_i = x_i / stab(sum_j x_j) * R,    stab(z) = z + SUM_EPSILON * sgn(z),  sgn(0) = +1
+    R_i = x_i / stab(sum_j x_j) * R,    stab(z) = z + epsilon * sgn(z),  sgn(0) = +1
 
+The stabilizer is the rule of the node's family "sum": Epsilon(SUM_EPSILON), zennit's Norm, unless
+a predicate such as ``Family("sum")`` gives another LRP0 or Epsilon (LXT has none: 1e-12).
 A summand that is not on the relevance path (a constant bias, a side input) keeps its share:
 it is absorbed, like a bias in the epsilon rule. Broadcast summands get their relevance summed
 back over the broadcast axes.
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from ..errors import ModelError
+from ..errors import CompositeError, ModelError
+from ..rules import LRP0, Epsilon, Stabilizer
 from . import bilinear
+from .propagate import stabilize
 from .registry import register
 
-#: The stabilizer of the proportional split of sums (zennit's default for Norm).
+#: The stabilizer of the proportional split of sums by default (zennit's Norm): the family
+#: "sum"'s default rule is Epsilon(SUM_EPSILON) (composites.UNCOUNTED_FAMILIES).
 SUM_EPSILON = 1e-6
 
 #: Ops whose output is a gate in (0, 1) or (-1, 1) ...
@@ -42,14 +47,26 @@ def _signed_terms(ctx, node) -> List[Tuple[str, bool]]:
     return [(name, False) for name in node.input]
 
 
+def sum_stabilizer(node, rule) -> Stabilizer:
+    """The stabilizer of a sum's rule, LRP0 or Epsilon (their one branch is the layer itself)."""
+    if not isinstance(rule, (LRP0, Epsilon)) or rule.zero_bias:
+        raise CompositeError(f"{node.op_type} {node.name!r} is a sum (family 'sum'): its rule gives the stabilizer "
+                             f"of the proportional split, LRP0 or Epsilon without zero_bias, not {rule}; put "
+                             f"(Family('sum'), Epsilon(...)) before the predicate that matched it")
+    (term,) = rule.terms()
+    return term.stabilizer
+
+
 @register("Add", "Sub", "Sum", family="sum")
 def proportional_split(ctx, node, rule, relevance):
-    """R_i = (+-x_i) / stab(y) * R for every summand on the relevance path (y: the node's output)."""
+    """R_i = (+-x_i) / stab(y) * R for every summand on the relevance path (y: the node's
+    output; stab: the rule's stabilizer, propagate.stabilize; 0/0 := 0 without one)."""
     b = ctx.builder
     y = node.output[0]
-    sign = b.op("Where", [b.op("GreaterOrEqual", [y, b.const(0.0)], "y_ge0"), b.const(1.0), b.const(-1.0)], "sgn_y")
-    stabilized = b.op("Add", [y, b.op("Mul", [sign, b.const(SUM_EPSILON)], "eps_sgn")], "y_stab")
+    stabilized = stabilize(b, y, sum_stabilizer(node, rule), len(ctx.graph.shape(y)))
     s = b.op("Div", [relevance[y], stabilized], "s_sum")
+    if stabilized == y:
+        s = b.op("Where", [b.op("Equal", [y, b.const(0.0)], "y_zero"), b.const(0.0), s], "s_sum")
     result = []
     for name, negated in _signed_terms(ctx, node):
         if not ctx.carries(name):

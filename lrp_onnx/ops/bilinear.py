@@ -30,7 +30,7 @@ from onnx import helper
 from .. import rules as R
 from ..errors import CompositeError, ModelError
 from .elementwise import ACTIVATIONS
-from .propagate import _stabilize
+from .propagate import stabilize
 from .registry import register
 
 #: Ops that only move elements: a Softmax output stays an attention probability through them.
@@ -87,16 +87,18 @@ def _shares(ctx, rule, factors: Tuple[str, str], constant_factor) -> Tuple[List[
 
 
 def _normalized(ctx, rule, relevance: str, z: str, k: float, rank: int) -> str:
-    """s = R / stab(k z) (the Gradient rule: G itself)."""
+    """s = R / stab(k z) (the Gradient rule: G itself), as (1 / k) * (R / stab'(z)) with stab' of
+    epsilon / k: equal for k a power of two (scaling by 2 commutes with rounding), and the Mul by
+    the scalar 1 / k before a MatMul is fused into it by onnxruntime (FusedMatMul's alpha), where
+    the Mul k z was a pass over z."""
     if isinstance(rule, R.Gradient):
         return relevance
     b = ctx.builder
-    kz = z if k == 1.0 else b.op("Mul", [z, b.const(k)], "z_times")
-    denominator = _stabilize(b, kz, R.Stabilizer(rule.epsilon, 0.0, rule.signed), rank)
+    denominator = stabilize(b, z, R.Stabilizer(rule.epsilon / k, 0.0, rule.signed), rank)
     s = b.op("Div", [relevance, denominator], "s_bilinear")
-    if denominator == kz:   # no stabilizer: 0/0 := 0 where z vanishes (as propagate_linear)
-        s = b.op("Where", [b.op("Equal", [kz, b.const(0.0)], "z_zero"), b.const(0.0), s], "s_bilinear")
-    return s
+    if denominator == z:   # no stabilizer: 0/0 := 0 where z vanishes (as propagate_linear)
+        s = b.op("Where", [b.op("Equal", [z, b.const(0.0)], "z_zero"), b.const(0.0), s], "s_bilinear")
+    return s if k == 1.0 else b.op("Mul", [s, b.const(1.0 / k)], "s_bilinear")
 
 
 def _times(ctx, rule, factor: str, c: str) -> str:

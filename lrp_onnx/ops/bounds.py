@@ -10,10 +10,11 @@ element of L is, and the bounds follow the same way.
 In-model preprocessing (Sub of the mean, Div by the std, Mul by a scale, by constants) makes
 every element of L an affine function of one element of T, L_j = s_j T_m(j) + c_j. Three runs
 (on zeros, ones and the flat index) give c, s and m; a run on a random sample confirms the
-form to float32 rounding, and the bounds at L are l' = s l + c, h' = s h + c. A negative s
-would swap low and high, which needs both bounds at once; it is refused, as is anything else
-between T and L (a ReLU, an op that mixes elements), with an error, never read silently in the
-wrong layout. A scalar box has no layout and is used at the layer as it is, unless the user
+form to float32 rounding, and the bounds at L are l' = s l + c, h' = s h + c where s > 0 and,
+where s < 0 (a Mul by a negative constant swaps low and high), l' = s h + c, h' = s l + c: that
+needs the other bound too (``other``; without it a negative s is refused). Anything else
+between T and L (a ReLU, an op that mixes elements) is refused with an error, never read
+silently in the wrong layout. A scalar box has no layout and is used at the layer as it is, unless the user
 names a tensor (then it is carried as well).
 """
 from __future__ import annotations
@@ -90,9 +91,11 @@ def _channel_axis(mapped: np.ndarray, source_sample: Tuple[int, ...]) -> Optiona
     return None
 
 
-def layer_bound(ctx, layer_name: str, layer_input: str, value, which: str, tensor: Optional[str]) -> np.ndarray:
+def layer_bound(ctx, layer_name: str, layer_input: str, value, which: str, tensor: Optional[str],
+                other=None) -> np.ndarray:
     """A ZBox bound (scalar, per channel or per element of ``tensor``, default the model
-    input) as an array that broadcasts against the layer input (with its batch axis)."""
+    input) as an array that broadcasts against the layer input (with its batch axis);
+    ``other``: the opposite bound, used where the ops between multiply by a negative constant."""
     array = np.asarray(value, dtype=np.float32)
     source = tensor or ctx.graph.data_input
     sample = ctx.graph.static_shape(layer_input)
@@ -121,7 +124,7 @@ def layer_bound(ctx, layer_name: str, layer_input: str, value, which: str, tenso
             f"that mixes elements), so the bounds cannot be carried there: give them for the layer input with "
             f"ZBox(..., tensor={layer_input!r})")
     mapped, scale, offset = found
-    if np.any(scale < 0):
+    if np.any(scale < 0) and other is None:
         raise CompositeError(
             f"the {shape_note} is given in the layout of {source!r}, but the ops between it and the layer input "
             f"{layer_input!r} multiply by a negative constant, which would swap low and high: give the bounds for "
@@ -129,15 +132,21 @@ def layer_bound(ctx, layer_name: str, layer_input: str, value, which: str, tenso
     if array.size == 1 and not offset.any() and np.all(scale == 1):   # moved only: no layout to carry
         return array.reshape(())
 
-    def carry(full):   # the bound as the layer sees it: the model's own ops run on it
-        return _run_between(ctx.graph.model, source, layer_input, np.ascontiguousarray(full, np.float32))[None]
+    def carry(bound):   # the bound as the layer sees it: the model's own ops run on it in the source's layout
+        bound = np.asarray(bound, dtype=np.float32)
+        if bound.size == 1 or bound.size == int(np.prod(source_sample)):
+            full = np.broadcast_to(bound.reshape(-1), (int(np.prod(source_sample)),)).reshape(source_sample)
+        elif axis is not None and bound.size == source_sample[axis]:
+            full = np.broadcast_to(bound.reshape([-1 if i == axis else 1 for i in range(len(source_sample))]), source_sample)
+        else:
+            channels = f"one value per channel ({source_sample[axis]}, its axis {axis + 1}), " if axis is not None else ""
+            raise CompositeError(
+                f"the {shape_note} has {bound.size} values; it is read in the layout of {source!r}, shape "
+                f"{('N',) + source_sample}: give a scalar, {channels}or a whole sample ({int(np.prod(source_sample))})")
+        return _run_between(ctx.graph.model, source, layer_input, np.ascontiguousarray(full))[None]
 
-    if array.size == 1 or array.size == int(np.prod(source_sample)):
-        return carry(np.broadcast_to(array.reshape(-1), (int(np.prod(source_sample)),)).reshape(source_sample))
     axis = _channel_axis(mapped, source_sample) if sample else None
-    if axis is not None and array.size == source_sample[axis]:
-        return carry(np.broadcast_to(array.reshape([-1 if i == axis else 1 for i in range(len(source_sample))]), source_sample))
-    channels = f"one value per channel ({source_sample[axis]}, its axis {axis + 1}), " if axis is not None else ""
-    raise CompositeError(
-        f"the {shape_note} has {array.size} values; it is read in the layout of {source!r}, shape "
-        f"{('N',) + source_sample}: give a scalar, {channels}or a whole sample ({int(np.prod(source_sample))})")
+    carried = carry(array)
+    if np.any(scale < 0):   # s < 0 swaps low and high there (module doc)
+        carried = np.where(scale[None] < 0, carry(other), carried)
+    return carried

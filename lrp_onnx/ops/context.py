@@ -54,6 +54,8 @@ class Context:
         shape: over the leading axes broadcasting added and the axes it stretched from 1."""
         out_shape, in_shape = self.graph.shape(result), self.graph.shape(tensor)
         lead = len(out_shape) - len(in_shape)
+        if lead == 0 and None not in in_shape and in_shape == out_shape:   # the same dims, symbolic ones by name
+            return relevance
         b = self.builder
         if not all(isinstance(d, int) for d in in_shape + out_shape[lead:]):   # symbolic sizes: axes found at run time
             return b.op("Reshape", [self._sum_stretched(relevance, result, tensor, lead), self.shape_of(tensor)],

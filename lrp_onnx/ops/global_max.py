@@ -1,10 +1,12 @@
-"""Maxima: GlobalMaxPool, ReduceMax over non-batch axes and element-wise Max, winner-take-all.
+"""Extrema: GlobalMaxPool, ReduceMax/ReduceMin over non-batch axes and element-wise Max/Min,
+winner-take-all.
 
 Mode "winner" (the default composites): each output's relevance goes to the input element(s)
-that equal it, R_in = R_out * [x = max] / (number of winners), split evenly among ties (where
-MaxPool's Indices would pick one, a global maximum has no window order to break ties by); an
-element-wise Max with a constant operand (Max(x, c)) leaves the constant's wins' relevance
-absorbed, like a bias. The ``gradient`` composites use the same map (the subgradient that
+that equal it, R_in = R_out * [x = y] / (number of winners), split evenly among ties (where
+MaxPool's Indices would pick one, a global maximum has no window order to break ties by); a
+minimum is the same map with y the minimum (one function serves both, as [x = y] does not care
+which extreme y is); an element-wise Max/Min with a constant operand (Max(x, c), Min(x, c))
+leaves the constant's wins' relevance absorbed, like a bias. The ``gradient`` composites use the same map (the subgradient that
 splits evenly among ties, as torch's amax). GlobalMaxPool in mode "avg" is read as
 GlobalAveragePool, with that op's linear rule.
 """
@@ -21,7 +23,7 @@ from .registry import register
 
 
 def _reduced_axes(ctx, node):
-    """The non-batch axes a GlobalMaxPool or ReduceMax reduces, and whether it keeps them."""
+    """The non-batch axes a GlobalMaxPool or ReduceMax/ReduceMin reduces, and whether it keeps them."""
     rank = len(ctx.graph.static_shape(node.input[0])) + 1
     if node.op_type == "GlobalMaxPool":
         return list(range(2, rank)), True
@@ -32,13 +34,13 @@ def _reduced_axes(ctx, node):
         axes = None if constant is None else constant.reshape(-1).tolist()
     axes = sorted(int(a) % rank for a in axes) if axes else None
     if not axes or 0 in axes:
-        raise ModelError(f"ReduceMax {node.name!r} reduces the batch axis or axes computed at run time; lrp_onnx "
-                         f"explains maxima over constant non-batch axes")
+        raise ModelError(f"{node.op_type} {node.name!r} reduces the batch axis or axes computed at run time; lrp_onnx "
+                         f"explains extrema over constant non-batch axes")
     return axes, bool(attrs.get("keepdims", 1))
 
 
 def _winners(ctx, node, r_out):
-    """R_in of a GlobalMaxPool or ReduceMax (module doc)."""
+    """R_in of a GlobalMaxPool or ReduceMax/ReduceMin (module doc)."""
     b = ctx.builder
     x, y = node.input[0], node.output[0]
     axes, keepdims = _reduced_axes(ctx, node)
@@ -55,7 +57,7 @@ def _winners(ctx, node, r_out):
 
 
 def _elementwise(ctx, node, r_out):
-    """R_i of Max(x_1, x_2, ...): the share of R_out of each input equal to the maximum."""
+    """R_i of Max(x_1, x_2, ...) or Min(...): the share of R_out of each input equal to the output."""
     b, y = ctx.builder, node.output[0]
     masks = {name: b.op("Cast", [b.op("Equal", [name, y], "max_is_max")], "max_mask", to=1) for name in node.input}
     count = b.op("Sum", list(masks.values()), "max_count") if len(masks) > 1 else next(iter(masks.values()))
@@ -71,21 +73,21 @@ def global_max_pool(ctx, node, rule, relevance):
     return _winners(ctx, node, relevance[node.output[0]])
 
 
-@register("ReduceMax", family="maxpool", data_slots=(0,))
-def reduce_max(ctx, node, rule, relevance):
+@register("ReduceMax", "ReduceMin", family="maxpool", data_slots=(0,))
+def reduce_extreme(ctx, node, rule, relevance):
     return _winners(ctx, node, relevance[node.output[0]])
 
 
-@register("Max", family="activation")
-def elementwise_max(ctx, node, rule, relevance):
+@register("Max", "Min", family="activation")
+def elementwise_extreme(ctx, node, rule, relevance):
     return _elementwise(ctx, node, relevance[node.output[0]])
 
 
-@vjp("GlobalMaxPool", "ReduceMax")
+@vjp("GlobalMaxPool", "ReduceMax", "ReduceMin")
 def winners_vjp(ctx, node, g_out):
     return _winners(ctx, node, g_out)
 
 
-@vjp("Max")
-def elementwise_max_vjp(ctx, node, g_out):
+@vjp("Max", "Min")
+def elementwise_extreme_vjp(ctx, node, g_out):
     return _elementwise(ctx, node, g_out)

@@ -27,7 +27,7 @@ import onnx
 from ..errors import UnsupportedOpError
 from ..canonicalize.private import DOMAIN as PRIVATE_DOMAIN
 from .linear import attributes
-from .normalization import inverse_scale, normalized_axes
+from .normalization import inverse_scale, lrn_denominator, lrn_window_sum, normalized_axes
 from .registry import HANDLERS, Key, key_name, lookup
 from .softmax import softmax_axis
 
@@ -284,6 +284,33 @@ def rms_norm(ctx, node, g):
     projection = b.op("Mul", [b.op("Mul", [x, b.op("Mul", [r, b.op("Mul", [r, r], "g_rms_r2")], "g_rms_r3")], "g_rms_xr3"),
                       b.reduce("ReduceMean", b.op("Mul", [gw, x], "g_rms_gx"), axes, hint="g_rms_gxmean")], "g_rms_proj")
     return [(x, b.op("Sub", [b.op("Mul", [gw, r], "g_rms_gr"), projection], "g_rms"))]
+
+
+@vjp("LpNormalization")
+def lp_norm(ctx, node, g):
+    """y = x / n, n = ||x||_p over one axis: G_x = (G - dn/dx sum(G y)) / n, with dn/dx = y
+    for p = 2 and sign(x) for p = 1."""
+    b, x, y = ctx.builder, node.input[0], node.output[0]
+    attrs = attributes(node)
+    axis, p = attrs.get("axis", -1), attrs.get("p", 2)
+    norm = b.reduce("ReduceL2" if p == 2 else "ReduceL1", x, [axis], hint="g_lp_norm")
+    along = y if p == 2 else b.op("Sign", [x], "g_lp_sign")
+    projection = b.op("Mul", [along, b.reduce("ReduceSum", b.op("Mul", [g, y], "g_lp_gy"), [axis], hint="g_lp_gysum")],
+                      "g_lp_proj")
+    return [(x, b.op("Div", [b.op("Sub", [g, projection], "g_lp_inner"), norm], "g_lp"))]
+
+
+@vjp("LRN")
+def lrn(ctx, node, g):
+    """y_c = x_c D_c^-beta: G_x = G d - (2 alpha beta / size) x window^T(G x d / D) (d = D^-beta)."""
+    b, x = ctx.builder, node.input[0]
+    attrs = attributes(node)
+    denominator, d = lrn_denominator(ctx, node)
+    inner = b.op("Div", [b.op("Mul", [b.op("Mul", [g, x], "g_lrn_gx"), d], "g_lrn_gxd"), denominator], "g_lrn_inner")
+    spread = lrn_window_sum(ctx, node, inner, transposed=True)
+    factor = b.const(2 * attrs.get("alpha", 1e-4) * attrs.get("beta", 0.75) / int(attrs["size"]))
+    cross = b.op("Mul", [b.op("Mul", [x, spread], "g_lrn_xs"), factor], "g_lrn_cross")
+    return [(x, b.op("Sub", [b.op("Mul", [g, d], "g_lrn_gd"), cross], "g_lrn"))]
 
 
 def supported() -> Tuple[str, ...]:

@@ -6,6 +6,7 @@ import numpy as np
 from onnx import helper
 
 from ..canonicalize.gemm import is_canonical
+from ..checks import HINT_STATIC
 from ..errors import ModelError
 from . import bilinear
 from .propagate import LinearLayer, propagate_linear
@@ -77,23 +78,32 @@ def matmul(ctx, node, rule, relevance):
 
 def conv_geometry(ctx, node, kernel):
     """Explicit (pads, strides, dilations, output_padding) of a Conv/pool node from its
-    attributes and static shapes; auto_pad is resolved here, as ONNX defines it."""
+    attributes and shapes; auto_pad is resolved here, as ONNX defines it. With a dynamic
+    spatial size output_padding is None (f^T: ``transposed_conv``); what depends on the size
+    itself (SAME padding with a stride, ceil_mode) needs it static."""
     attrs = attributes(node)
-    spatial_in = ctx.graph.static_shape(node.input[0])[1:]
-    spatial_out = ctx.graph.static_shape(node.output[0])[1:]
-    n = len(spatial_in)
+    spatial_in, spatial_out = ctx.graph.shape(node.input[0])[2:], ctx.graph.shape(node.output[0])[2:]
+    static = all(isinstance(d, int) for d in spatial_in + spatial_out)
+    n = len(kernel)
     strides = list(attrs.get("strides", [1] * n))
     dilations = list(attrs.get("dilations", [1] * n))
     pads = list(attrs.get("pads", [0] * (2 * n)))
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if not static and (attrs.get("ceil_mode", 0) or (auto_pad.startswith("SAME") and max(strides) > 1)):
+        what = "ceil_mode" if attrs.get("ceil_mode", 0) else f"{auto_pad} padding with strides {strides}"
+        raise ModelError(f"{node.op_type} {node.name!r} has {what}, whose padding depends on the spatial size, and "
+                         f"tensor {node.input[0]!r} has dynamic sizes {ctx.graph.shape(node.input[0])}: {HINT_STATIC}")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         for i in range(n):
-            total = max(0, (spatial_out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial_in[i])
+            reach = (kernel[i] - 1) * dilations[i] + 1
+            total = max(0, (spatial_out[i] - 1) * strides[i] + reach - spatial_in[i]) if static else reach - 1
             small, large = total // 2, total - total // 2
             pads[i], pads[i + n] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     elif auto_pad == "VALID":
         pads = [0] * (2 * n)
+    if not static:
+        return pads, strides, dilations, None
     output_padding = []
     for i in range(n):
         # windows that ceil_mode adds past the end are covered by extra end padding
@@ -104,6 +114,32 @@ def conv_geometry(ctx, node, kernel):
         if not 0 <= output_padding[-1] < max(strides[i], dilations[i]):
             raise ModelError(f"cannot invert the geometry of {node.name!r} ({node.op_type}) on axis {i + 2}")
     return pads, strides, dilations, output_padding
+
+
+def dims_from(ctx, tensor: str, axis: int) -> str:
+    """The sizes of ``tensor`` from ``axis`` on, read at run time."""
+    b = ctx.builder
+    return b.op("Slice", [ctx.shape_of(tensor), b.const([axis], "dims_start", np.int64),
+                          b.const([np.iinfo(np.int64).max], "dims_end", np.int64)], "dims")
+
+
+def transposed_conv(ctx, s: str, w: str, x: str, geometry: dict, output_padding, hint: str) -> str:
+    """f^T(s) of a Conv/pool: ConvTranspose(s; w) with the layer's geometry, shaped like its
+    input ``x``. With a dynamic size and a stride (output_padding None, conv_geometry) the
+    output_padding is unknown: the ConvTranspose keeps the end padding's rows, and the result
+    is cut to x's size (dropping the padding) and zero-padded up to it (rows no window
+    reached); at stride 1 the windows cover x exactly."""
+    b, strides = ctx.builder, geometry["strides"]
+    if output_padding is not None or max(strides) == 1:
+        return b.op("ConvTranspose", [s, w], hint, output_padding=output_padding or [0] * len(strides), **geometry)
+    n = len(strides)
+    full = b.op("ConvTranspose", [s, w], hint, **{**geometry, "pads": list(geometry["pads"][:n]) + [0] * n})
+    size = dims_from(ctx, x, 2)
+    axes = b.const(list(range(2, n + 2)), "spatial_axes", np.int64)
+    cut = b.op("Slice", [full, b.const([0] * n, "zeros_n", np.int64), size, axes], hint)
+    missing = b.op("Sub", [size, dims_from(ctx, cut, 2)], "c_missing")
+    pads = b.op("Concat", [b.const([0] * (n + 4), "c_pad_begin", np.int64), missing], "c_pads", axis=0)
+    return b.op("Pad", [cut, pads], hint, mode="constant")
 
 
 def flipped_pads(kernel, pads, strides, dilations, output_padding):
@@ -135,23 +171,25 @@ def flip_kernel(b, w: str, shape, group: int) -> str:
 
 @register("Conv", family="conv", data_slots=(0,))
 def conv(ctx, node, rule, relevance):
-    """Convolution with groups, strides, pads (asymmetric), dilations, auto_pad. f^T is a
-    ConvTranspose with the same weight and geometry, shaped back to the input; at stride 1
-    it is the Conv with the flipped kernel (``flipped_pads``), which onnxruntime's CPU
-    kernels run faster, except into few channels (MIN_CHANNELS_FOR_CONV)."""
+    """Convolution with groups, strides, pads (asymmetric), dilations, auto_pad; spatial sizes
+    static or dynamic (conv_geometry). f^T is a ConvTranspose with the same weight and
+    geometry, shaped back to the input; at stride 1 it is the Conv with the flipped kernel
+    (``flipped_pads``), which onnxruntime's CPU kernels run faster, except into few channels
+    (MIN_CHANNELS_FOR_CONV)."""
     b = ctx.builder
     parameters = _parameters(ctx, node)
     group = attributes(node).get("group", 1)
     weight_shape = ctx.graph.shape(node.input[1])
-    pads, strides, dilations, output_padding = conv_geometry(ctx, node, weight_shape[2:])
+    kernel = weight_shape[2:]
+    pads, strides, dilations, output_padding = conv_geometry(ctx, node, kernel)
     geometry = dict(pads=pads, strides=strides, dilations=dilations, group=group)
-    as_conv = (flipped_pads(weight_shape[2:], pads, strides, dilations, output_padding)
-               if ctx.graph.static_shape(node.input[0])[0] >= MIN_CHANNELS_FOR_CONV else None)
+    as_conv = (flipped_pads(kernel, pads, strides, dilations, output_padding or [0] * len(kernel))
+               if weight_shape[1] * group >= MIN_CHANNELS_FOR_CONV else None)
     flipped = {}
 
     def transpose(s, w):
         if as_conv is None:
-            return b.op("ConvTranspose", [s, w], "c_conv", output_padding=output_padding, **geometry)
+            return transposed_conv(ctx, s, w, node.input[0], geometry, output_padding, "c_conv")
         if w not in flipped:
             flipped[w] = flip_kernel(b, w, weight_shape, group)
         return b.op("Conv", [s, flipped[w]], "c_conv", pads=as_conv, dilations=dilations, group=group)

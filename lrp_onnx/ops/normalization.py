@@ -116,3 +116,63 @@ def rms_norm(ctx, node, rule, relevance):
     """RMSNorm (ONNX opset 23, or canonicalize/rmsnorm.py's node below it) with the rms held
     constant: a per-element scaling under the norm rule (module doc)."""
     return _statistics_constant(ctx, node, rule, relevance, centered=False)
+
+
+# --------------------------------------------------------------------------- LRN
+# Local response normalization (Krizhevsky et al. 2012, section 3.3; ONNX LRN) over a window of
+# `size` channels, c - floor((size-1)/2) .. c + ceil((size-1)/2) clipped to [0, C):
+#     y_c = x_c d_c,   d_c = D_c^-beta,   D_c = bias + alpha / size * sum_window x_i^2
+# Read as the norm family reads LayerNorm under LXT: the denominator d is a constant of the
+# sample, so the layer is an element-wise scaling under the norm rule, z = x d and
+# f^T(s) = s d: LRP0 gives R_x = R (relevance passes element-wise), Epsilon R y / incr(y),
+# Pass exactly R. Its gradient (ops/gradient.py) differentiates d.
+
+
+def lrn_window_sum(ctx, node, t: str, transposed: bool = False) -> str:
+    """sum_i t_i over each channel's LRN window, as a Conv with a (size, 1) kernel of ones on
+    t reshaped (N, 1, C, -1); ``transposed``: the adjoint (the window's pads swapped)."""
+    b = ctx.builder
+    channels = ctx.graph.static_shape(node.input[0])[0]
+    size = int(attributes(node)["size"])
+    low, high = (size - 1) // 2, size // 2
+    if transposed:
+        low, high = high, low
+    column = b.op("Reshape", [t, b.const([0, 1, channels, -1], "lrn_column", np.int64)], "lrn_column")
+    summed = b.op("Conv", [column, b.const(np.ones((1, 1, size, 1), np.float32), "lrn_window")], "lrn_window_sum",
+                  pads=[low, 0, high, 0])
+    return b.op("Reshape", [summed, ctx.shape_of(node.input[0])], "lrn_window_sum")
+
+
+def lrn_denominator(ctx, node):
+    """(D, d): D = bias + alpha / size * sum_window x^2 and d = D^-beta (the section above)."""
+    b, x = ctx.builder, node.input[0]
+    attrs = attributes(node)
+    window = lrn_window_sum(ctx, node, b.op("Mul", [x, x], "lrn_square"))
+    scaled = b.op("Mul", [window, b.const(attrs.get("alpha", 1e-4) / int(attrs["size"]))], "lrn_scaled")
+    denominator = b.op("Add", [scaled, b.const(attrs.get("bias", 1.0))], "lrn_denominator")
+    return denominator, b.op("Pow", [denominator, b.const(-attrs.get("beta", 0.75))], "lrn_d")
+
+
+@register("LRN", family="norm", data_slots=(0,))
+def lrn(ctx, node, rule, relevance):
+    """LRN with its denominator held constant: y = x d under the norm rule (section above)."""
+    if not isinstance(rule, _NORM_RULES):
+        raise CompositeError(f"LRN {node.name!r} (family 'norm') takes LRP0, Epsilon or Pass, not {rule}: its "
+                             f"denominator is held constant, which a rule that modifies inputs would break")
+    b = ctx.builder
+    _, d = lrn_denominator(ctx, node)
+    layer = LinearLayer(node.name, node.input[0], node.output[0], forward=lambda x, w, c: b.op("Mul", [x, d], "z_lrn"),
+                        transpose=lambda s, w: b.op("Mul", [s, d], "c_lrn"))
+    return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
+
+
+@register("LpNormalization", family="scale", data_slots=(0,))
+def lp_norm(ctx, node, rule, relevance):
+    """y = x / ||x||_p over one axis (a sentence embedding's L2 normalization): the norm is a
+    constant of the sample, as LayerNorm's sigma is in AttnLRP and LXT (Achtibat et al. 2024,
+    Prop. 3.4; Ali et al. 2022's LayerNorm with its statistics detached), so y is x
+    scaled by a positive constant and R_x = R, like a Mul by a constant (ops/arithmetic.py)."""
+    rank = len(ctx.graph.shape(node.input[0]))
+    if attributes(node).get("axis", -1) % rank == 0:
+        raise ModelError(f"LpNormalization {node.name!r} normalizes over the batch axis; relevance is explained per sample")
+    return [(node.input[0], relevance[node.output[0]])]

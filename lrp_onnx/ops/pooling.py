@@ -2,7 +2,8 @@
 
 Average pooling is linear with fixed weights 1/d over each window, so it takes a rule like any
 linear layer (rules' parameter modifiers do not apply: there are no parameters). Its transpose
-spreads s/d back over each window with a depthwise ConvTranspose of ones. MaxPool is either
+spreads s/d back over each window with a depthwise ConvTranspose of ones. Spatial sizes may be
+dynamic (ops.linear.conv_geometry: not with ceil_mode). MaxPool is either
 treated as average pooling (mode "avg", the tutorial) or gives each output's relevance to the
 input that won the max (mode "winner", what zennit's gradient does).
 """
@@ -12,21 +13,38 @@ import numpy as np
 from onnx import helper
 
 from ..errors import ModelError
-from .linear import attributes, conv_geometry
+from .linear import attributes, conv_geometry, dims_from, transposed_conv
 from .propagate import LinearLayer, implies_zeros, propagate_linear
 from .registry import register
 
 
+def _channels(ctx, tensor: str) -> int:
+    """The channel count (axis 1) of ``tensor``, which must be static (spatial sizes need not)."""
+    channels = ctx.graph.shape(tensor)[1]
+    return channels if isinstance(channels, int) else ctx.graph.static_shape(tensor)[0]
+
+
+def _ones_like_sample(ctx, tensor: str, static: bool) -> str:
+    """Ones shaped (1, 1, *spatial size of ``tensor``): a constant, or built at run time."""
+    b = ctx.builder
+    if static:
+        return b.const(np.ones([1, 1] + list(ctx.graph.shape(tensor)[2:]), np.float32), "pool_ones")
+    shape = b.op("Concat", [b.const([1, 1], "pool_one_one", np.int64), dims_from(ctx, tensor, 2)], "pool_ones_shape",
+                 axis=0)
+    return b.op("ConstantOfShape", [shape], "pool_ones", value=helper.make_tensor("one", 1, [1], [1.0]))
+
+
 def _window_layer(ctx, node, count_include_pad: bool, reuse_output: bool) -> LinearLayer:
     """The linear map z_o = sum_{i in window(o)} a_i / d_o of an AveragePool (or of a MaxPool
-    read as one), with d_o taken from ONNX's own AveragePool on a tensor of ones."""
+    read as one), with d_o taken from ONNX's own AveragePool on a tensor of ones (of the
+    input's spatial size: a constant, or at run time for dynamic sizes, see conv_geometry)."""
     b = ctx.builder
     attrs = attributes(node)
     kernel = list(attrs["kernel_shape"])
-    channels, *spatial = ctx.graph.static_shape(node.input[0])
+    channels = _channels(ctx, node.input[0])
     pads, strides, dilations, output_padding = conv_geometry(ctx, node, kernel)
     geometry = dict(pads=pads, strides=strides, dilations=dilations)
-    ones_in = b.const(np.ones([1, 1] + spatial, np.float32), "pool_ones")
+    ones_in = _ones_like_sample(ctx, node.input[0], output_padding is not None)
     window = b.const(np.ones([1, 1] + kernel, np.float32), "pool_window")
     count = b.op("Conv", [ones_in, window], "pool_count", **geometry)
     if count_include_pad:   # ONNX's divisor, read off AveragePool itself (folded at load)
@@ -40,8 +58,8 @@ def _window_layer(ctx, node, count_include_pad: bool, reuse_output: bool) -> Lin
         return b.op("Mul", [b.op("Conv", [x, depthwise], "pool_sum", group=channels, **geometry), inv_d], "z_pool")
 
     def transpose(s, w):
-        return b.op("ConvTranspose", [b.op("Mul", [s, inv_d], "s_pool"), depthwise], "c_pool",
-                    group=channels, output_padding=output_padding, **geometry)
+        return transposed_conv(ctx, b.op("Mul", [s, inv_d], "s_pool"), depthwise, node.input[0],
+                               dict(group=channels, **geometry), output_padding, "c_pool")
 
     return LinearLayer(node.name, node.input[0], node.output[0], forward, transpose, reuse_output=reuse_output)
 
@@ -55,10 +73,16 @@ def average_pool(ctx, node, rule, relevance):
 
 @register("GlobalAveragePool", family="avgpool", data_slots=(0,))
 def global_average_pool(ctx, node, rule, relevance):
-    """z = mean over the spatial axes; f^T(s) = s / (H*W...) broadcast over them."""
+    """z = mean over the spatial axes; f^T(s) = s / (H*W...) broadcast over them (H*W... read
+    at run time, size(input) / size(output), when they are dynamic)."""
     b = ctx.builder
-    spatial = ctx.graph.static_shape(node.input[0])[1:]
-    inv_size = b.const(1.0 / float(np.prod(spatial)))
+    x, y = node.input[0], node.output[0]
+    spatial = ctx.graph.shape(x)[2:]
+    if all(isinstance(d, int) for d in spatial):
+        inv_size = b.const(1.0 / float(np.prod(spatial)))
+    else:
+        size = b.op("Div", [b.op("Size", [x], "gap_in_size"), b.op("Size", [y], "gap_out_size")], "gap_window")
+        inv_size = b.op("Reciprocal", [b.op("Cast", [size], "gap_window_f", to=1)], "gap_inv_size")
     shape = ctx.shape_of(node.input[0])
     layer = LinearLayer(
         node.name, node.input[0], node.output[0],

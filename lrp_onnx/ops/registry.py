@@ -24,9 +24,10 @@ from ..errors import UnsupportedOpError
 LAYER_FAMILIES = ("conv", "dense", "avgpool", "maxpool")
 #: Families that take a rule but are not counted as layers: an unfoldable BatchNormalization
 #: or a LayerNorm ("norm"), a product of two activations ("bilinear", ops/families.py) and a
-#: Softmax inside the graph get the composite's rule if a predicate names them, else their
-#: family's default (composites.UNCOUNTED_FAMILIES).
-UNCOUNTED_RULE_FAMILIES = ("norm", "bilinear", "softmax")
+#: Softmax inside the graph, and a sum (Add/Sub/Sum: its stabilizer, ops/arithmetic.py) get the
+#: composite's rule if a predicate names them, else their family's default
+#: (composites.UNCOUNTED_FAMILIES).
+UNCOUNTED_RULE_FAMILIES = ("norm", "bilinear", "softmax", "sum")
 
 Key = Tuple[str, str]   # (domain, op type)
 

@@ -3,16 +3,21 @@
 Nearest and (bi)linear interpolation are linear in the input with fixed non-negative weights,
 y = A_h x A_w^T per channel, so Resize takes a rule's four steps like pooling (family
 "avgpool"; parameter modifiers do not apply): z = Resize(a), c = f^T(s) = A_h^T s A_w. The
-per-axis matrices A (out x in) are read off ONNX's own Resize, run once at compile time on the
-unit vectors of each axis with the node's attributes and that axis' scale or size, so every
-coordinate transformation and rounding mode means what it means to onnxruntime. Cubic (negative
-weights), antialiasing, crop-and-resize and resizing of the batch or channel axes are refused.
+per-axis matrices A (out x in) are read off ONNX's own Resize, run in the explainer on the unit
+vectors of each axis (an identity of the axis' length, from Shape at run time) with the node's
+attributes and that axis' entry of its scales or sizes, so every coordinate transformation and
+rounding mode means what it means to onnxruntime, and scales or sizes computed at run time
+(torch's ``interpolate(size=y.shape[-2:])``: Shape -> Slice -> Concat) and dynamic H and W work
+as constant ones do. Cubic (negative weights), antialiasing, crop-and-resize, a
+keep_aspect_ratio_policy other than "stretch" and resizing of the batch or channel axes are
+refused: constant scales and sizes are read; computed ones are refused when shape inference
+knows the output's channel axis and it differs, and otherwise guarded at run time (A_h^T s A_w
+is reshaped to the input's shape, which fails for a run that resized the batch or channels).
 """
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import ModelError
 from .gradient import vjp
@@ -25,27 +30,12 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _axis_matrix(node, attrs, opset: int, length: int, scale=None, size=None) -> np.ndarray:
-    """A (out x in) of one spatial axis: the node's Resize of the unit vectors of that axis."""
-    values = {"roi": np.zeros(0, np.float32)}
-    if scale is not None:
-        values["scales"] = np.array([1, 1, scale, 1], np.float32)
-        names = ["x", "roi", "scales"]
-    else:
-        values["sizes"] = np.array([length, 1, size, 1], np.int64)
-        names = ["x", "roi", "", "sizes"]
-    graph = helper.make_graph([helper.make_node("Resize", names, ["y"], **attrs)], "axis",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [length, 1, length, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v, k) for k, v in values.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 13))])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    unit = np.eye(length, dtype=np.float32).reshape(length, 1, length, 1)
-    return session.run(None, {"x": unit})[0][:, 0, :, 0].T
+def _input(node, slot: int):
+    return node.input[slot] if len(node.input) > slot and node.input[slot] else None
 
 
-def _matrices(ctx, node):
-    """(A_h, A_w) of a supported Resize node, else ModelError naming what is not."""
+def _check(ctx, node) -> None:
+    """ModelError naming what a Resize node has that lrp_onnx does not explain (module doc)."""
     attrs = attributes(node)
     mode = _text(attrs.get("mode", "nearest"))
     problems = []
@@ -54,40 +44,69 @@ def _matrices(ctx, node):
     crop = _text(attrs.get("coordinate_transformation_mode", "")) == "tf_crop_and_resize"
     if attrs.get("antialias", 0) or "axes" in attrs or crop:
         problems.append("antialias, axes or tf_crop_and_resize")
-    shape = ctx.graph.static_shape(node.input[0])
-    scales = ctx.graph.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    sizes = ctx.graph.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    if len(shape) != 3 or (scales is None and sizes is None):
-        problems.append("an input that is not (N, C, H, W) or scales/sizes computed at run time")
-    elif (scales is not None and list(scales[:2]) != [1, 1]) or (sizes is not None and int(sizes[1]) != shape[0]):
+    if _text(attrs.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
+        problems.append("a keep_aspect_ratio_policy other than 'stretch'")
+    x_shape, y_shape = ctx.graph.shape(node.input[0]), ctx.graph.shape(node.output[0])
+    scales, sizes = (None if _input(node, k) is None else ctx.graph.constant(node.input[k]) for k in (2, 3))
+    if len(x_shape) != 4 or (_input(node, 2) is None and _input(node, 3) is None):
+        problems.append("an input that is not (N, C, H, W), or neither scales nor sizes")
+    elif (scales is not None and list(scales[:2]) != [1, 1]) or \
+            (sizes is not None and not (isinstance(x_shape[1], int) and int(sizes[1]) == x_shape[1])):
         problems.append("resizing of the batch or channel axis")
+    elif scales is None and sizes is None and isinstance(y_shape[1], int) and y_shape[1] != x_shape[1]:
+        problems.append(f"resizing of the channel axis ({x_shape[1]} -> {y_shape[1]})")
     if problems:
-        raise ModelError(f"Resize {node.name!r}: lrp_onnx explains nearest and linear resizing of H and W with constant "
-                         f"scales or sizes; this node has {'; '.join(problems)}")
-    opset = next((o.version for o in ctx.graph.model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    return tuple(_axis_matrix(node, attrs, opset, shape[1 + axis], scale=None if scales is None else float(scales[2 + axis]),
-                              size=None if sizes is None else int(sizes[2 + axis])) for axis in (0, 1))
+        raise ModelError(f"Resize {node.name!r}: lrp_onnx explains nearest and linear resizing of H and W; this node "
+                         f"has {'; '.join(problems)}")
 
 
-def _transpose(ctx, node, s):
-    """A_h^T s A_w: the adjoint of the resize (shaped like its input)."""
+def _axis_transpose(ctx, node, axis: int) -> str:
+    """A^T (in x out) of spatial ``axis`` (2 or 3): the node's Resize of the L unit vectors of
+    that axis, laid out as (L, 1, L, 1), with the axis' scale (or size) and 1 elsewhere."""
+    b, x = ctx.builder, node.input[0]
+    index = lambda value, hint: b.const(value, hint, np.int64)  # noqa: E731
+    one = index([1], "one")
+    pick = [index([axis], "resize_axis"), index([axis + 1], "resize_axis_end")]
+    length = b.op("Slice", [ctx.shape_of(x)] + pick, "resize_length")
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [length, length], "resize_square", axis=0)], "resize_zeros",
+                 value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+    units = b.op("Reshape", [b.op("EyeLike", [zeros], "resize_eye"),
+                             b.op("Concat", [length, one, length, one], "resize_units_shape", axis=0)], "resize_units")
+    if _input(node, 2) is not None:
+        entry = b.op("Slice", [node.input[2]] + pick, "resize_scale")
+        scales = b.op("Concat", [b.const([1.0, 1.0], "resize_ones"), entry, b.const([1.0], "resize_one")],
+                      "resize_axis_scales", axis=0)
+        inputs = [units, "", scales]
+    else:
+        entry = b.op("Slice", [node.input[3]] + pick, "resize_size")
+        inputs = [units, "", "", b.op("Concat", [length, one, entry, one], "resize_axis_sizes", axis=0)]
+    resized = b.op("Resize", inputs, "resize_unit_images", **attributes(node))
+    return b.op("Reshape", [resized, b.op("Concat", [length, index([-1], "rest")], "resize_at_shape", axis=0)],
+                "resize_a_t")
+
+
+def _adjoint(ctx, node):
+    """s -> A_h^T s A_w: the adjoint of the resize (shaped like its input), its matrices built once."""
+    _check(ctx, node)
     b = ctx.builder
-    a_h, a_w = _matrices(ctx, node)
-    return b.op("MatMul", [b.const(a_h.T, "resize_ah_t"), b.op("MatMul", [s, b.const(a_w, "resize_aw")], "c_resize_w")],
-                "c_resize")
+    a_h_t = _axis_transpose(ctx, node, 2)
+    a_w = b.op("Transpose", [_axis_transpose(ctx, node, 3)], "resize_aw", perm=[1, 0])
+    shape = ctx.shape_of(node.input[0])   # the run-time guard of the module doc
+    return lambda s: b.op("Reshape", [b.op("MatMul", [a_h_t, b.op("MatMul", [s, a_w], "c_resize_w")], "c_resize"),
+                                      shape], "c_resize")
 
 
 @register("Resize", family="avgpool", data_slots=(0,))
 def resize(ctx, node, rule, relevance):
     attrs = attributes(node)
-    _matrices(ctx, node)   # refuse unsupported nodes before building anything
+    adjoint = _adjoint(ctx, node)   # refuses unsupported nodes before building anything else
     layer = LinearLayer(
         node.name, node.input[0], node.output[0],
         forward=lambda x, w, c: ctx.builder.op("Resize", [x] + list(node.input[1:]), "z_resize", **attrs),
-        transpose=lambda s, w: _transpose(ctx, node, s))
+        transpose=lambda s, w: adjoint(s))
     return [(node.input[0], propagate_linear(ctx, layer, rule, relevance[node.output[0]]))]
 
 
 @vjp("Resize")
 def resize_vjp(ctx, node, g_out):
-    return [(node.input[0], _transpose(ctx, node, g_out))]
+    return [(node.input[0], _adjoint(ctx, node)(g_out))]

@@ -10,11 +10,14 @@ replace classes and functions process-wide and cannot be undone. Writes
                token for each embedding table, summed over the hidden axis); ``table:<source>``
                each embedding table (to find it in the ONNX model); ``logits`` and ``target``
                (the explained class per sample: the arg-max, at the last position for a causal
-               LM). With ``--time R``: no relevance, but OUT.json with the median seconds of
-               LXT's relevance of the batch and of torch's forward (benchmarks/transformers.py).
+               LM); with ``--float32`` also ``relevance32:<source>``, the same relevance in float32
+               (the envelope of a deep model's tolerance, tests/tolerances.py); ``meta`` (model,
+               seed, ``depth``: exporters.check.module_depth). With ``--time R``: no relevance,
+               but OUT.json with the median seconds of
+               LXT's relevance of the batch and of torch's forward (benchmarks/transformer_speed.py).
 
     .venv-lxt/bin/python tests/oracles/lxt_oracle.py MODEL METHOD OUT [--seed S] [--gamma CONV LINEAR]
-        [--epsilon] [--size small|base] [--batch N] [--tokens T] [--time R] [--threads K] [--static]
+        [--epsilon] [--size small|base] [--batch N] [--tokens T] [--time R] [--threads K] [--float32]
 
 MODEL: vit, bert, gpt2, llama. METHOD: attnlrp or cp_lrp (LXT's maps; vit: cp_lrp, with zennit's
 Gamma(CONV) on Conv2d and Gamma(LINEAR) on Linear, or ``--epsilon`` for zennit's Epsilon on both).
@@ -22,12 +25,17 @@ Gamma(CONV) on Conv2d and Gamma(LINEAR) on Linear, or ``--epsilon`` for zennit's
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-#: Model sizes: "small" for the tests (seconds), "base" for benchmarks/transformers.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # the repository: exporters.check
+from exporters.check import module_depth  # noqa: E402
+
+#: Model sizes: "small" for the tests (seconds), "base" for benchmarks/transformer_speed.py
 #: (ViT-B/16 at 224x224, a BERT-base-sized encoder).
 SIZES = ("small", "base")
 
@@ -99,9 +107,8 @@ class Logits(torch.nn.Module):
         return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def export(module, inputs, path, static: bool):
-    """The TorchScript export (opset 17): batch and sequence length dynamic, or all sizes as
-    the example's (``static``)."""
+def export(module, inputs, path):
+    """The TorchScript export (opset 17): batch and sequence length dynamic."""
     names = list(inputs)
     sequence = {} if names == ["image"] else {1: "sequence"}
     axes = {name: {0: "batch", **sequence} for name in names}
@@ -109,7 +116,7 @@ def export(module, inputs, path, static: bool):
     torch.backends.mha.set_fastpath_enabled(False)   # the fused kernel has no ONNX export
     with torch.no_grad():
         torch.onnx.export(module, tuple(inputs.values()), path, input_names=names, output_names=["logits"],
-                          dynamic_axes=None if static else axes, opset_version=17, dynamo=False,
+                          dynamic_axes=axes, opset_version=17, dynamo=False,
                           do_constant_folding=True)
 
 
@@ -160,14 +167,15 @@ def track_embeddings(module):
 
 def lxt_relevance(module, inputs, target, composite):
     """LXT's relevance of each sample, one backward pass per sample (a position embedding is
-    shared by the batch: its gradient would sum the samples)."""
+    shared by the batch: its gradient would sum the samples), in the module's float type."""
+    dtype = next(module.parameters()).dtype
     found, handles = track_embeddings(module)
     embeddings = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Embedding)]
     if composite is not None:
         composite.register(module)
     result = {}
     for i in range(len(next(iter(inputs.values())))):
-        args = [v[i:i + 1].double() if v.is_floating_point() else v[i:i + 1].clone() for v in inputs.values()]
+        args = [v[i:i + 1].to(dtype) if v.is_floating_point() else v[i:i + 1].clone() for v in inputs.values()]
         if embeddings:
             logits = module(*args)
         else:
@@ -222,6 +230,13 @@ def lxt_time(module, inputs, target, composite, repeats):
     return times
 
 
+def frozen(module):
+    """``module`` in eval mode with its parameters frozen (only the inputs take gradients)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model", choices=sorted(MODELS))
@@ -236,13 +251,13 @@ def main():
     parser.add_argument("--time", type=int, default=0, metavar="REPEATS",
                         help="time LXT instead of saving its relevance: OUT.json")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--static", action="store_true", help="export with the example's sizes, none dynamic")
+    parser.add_argument("--float32", action="store_true", help="also LXT's relevance in float32: relevance32:<source>")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     build, inputs = MODELS[args.model](args.seed, args.batch, args.tokens, args.size)
     model = build().eval()
     module = Logits(model, list(inputs)).eval()
-    export(module, inputs, args.out + ".onnx", args.static)
+    export(module, inputs, args.out + ".onnx")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         logits = module(*inputs.values())
@@ -253,25 +268,26 @@ def main():
     model = build()   # BERT's patch replaces its classes: build the model again, same weights
     model.load_state_dict(state)
     if args.time:
-        module = Logits(model.eval(), list(inputs)).eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
+        module = frozen(Logits(model.eval(), list(inputs)))
         times = lxt_time(module, inputs, target.tolist(), composite, args.time)
         np.savez(args.out + ".npz", target=target.numpy(), **arrays)
         with open(args.out + ".json", "w") as fh:
             json.dump(times, fh)
         print(json.dumps(times))
         return
-    module = Logits(model.eval().double(), list(inputs)).eval()   # in float64: the reference's rounding is negligible
-    for p in module.parameters():
-        p.requires_grad_(False)
+    if args.float32:
+        module = frozen(Logits(model.eval(), list(inputs)))
+        single = lxt_relevance(module, inputs, target.tolist(), composite)
+        arrays.update({f"relevance32:{k}": v for k, v in single.items()})
+    module = frozen(Logits(model.eval().double(), list(inputs)))   # in float64: the reference's rounding is negligible
     relevance = lxt_relevance(module, inputs, target.tolist(), composite)
     tables = {f"{n}.weight": m.weight.detach().float().numpy() for n, m in module.named_modules()
               if isinstance(m, torch.nn.Embedding)}
     arrays.update({f"relevance:{k}": v for k, v in relevance.items()})
     arrays.update({f"table:{k}": v for k, v in tables.items()})
     gamma = list(args.gamma) if args.model == "vit" and not args.epsilon else None
-    meta = {"model": args.model, "method": args.method, "seed": args.seed, "gamma": gamma}
+    meta = {"model": args.model, "method": args.method, "seed": args.seed, "gamma": gamma,
+            "size": args.size, "depth": module_depth(model)}
     np.savez(args.out + ".npz", logits=logits.numpy(), target=target.numpy(), **arrays, meta=np.array(json.dumps(meta)))
     print(json.dumps({"wrote": [args.out + ".onnx", args.out + ".npz"], "sources": sorted(relevance)}))
 
