@@ -24,6 +24,7 @@ import numpy as np
 
 from .linear import attributes
 from .registry import register
+from .slicing import flat_index
 
 
 @register("Gather", "GatherElements", "GatherND", family="shape", data_slots=(0,))
@@ -33,10 +34,7 @@ def gather_back(ctx, node, rule, relevance):
     attrs = attributes(node)
     b = ctx.builder
     flat = b.const([-1], "flat", np.int64)
-    size = b.op("Size", [data], "data_size")
-    index = b.op("Reshape", [b.op("Range", [b.const(0, "zero", np.int64), size, b.const(1, "one", np.int64)], "flat_index"),
-                             ctx.shape_of(data)], "data_index")
-    picked = b.op(node.op_type, [index, node.input[1]], "picked", **attrs)
+    picked = b.op(node.op_type, [flat_index(ctx, data), node.input[1]], "picked", **attrs)
     zeros = b.op("Reshape", [ctx.zeros_like(data), flat], "zeros_flat")
     scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [picked, flat], "picked_flat"),
                                          b.op("Reshape", [relevance[node.output[0]], flat], "r_flat")],
