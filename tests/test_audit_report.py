@@ -71,5 +71,6 @@ def test_chromium_renders_the_report(report, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB"), np.float64)
     assert pixels.shape == (1400, 1000, 3)
     # coloured heatmaps on the page, not a blank or grey one (a blank page has none; the
-    # tutorial's colour map is pale near 0, so "coloured" is a channel spread above 15 of 255)
-    assert (pixels.std(axis=2) > 15).mean() > 0.01
+    # tutorial's colour map is pale near 0, so "coloured" is a channel spread above 15 of 255;
+    # how much of the page is coloured varies with the random heatmaps: 0.7% to over 1% seen)
+    assert (pixels.std(axis=2) > 15).mean() > 0.002
